@@ -1,0 +1,1 @@
+"""Pure exam and patient rules: no I/O, no clocks, no Temporal."""

@@ -1,0 +1,31 @@
+"""Domain errors: raised when a command breaks a rule, never used for control flow elsewhere."""
+
+
+class DomainError(Exception):
+    """A command was refused by a domain rule; the message is safe to show the sender."""
+
+
+class IllegalTransition(DomainError):
+    def __init__(self, accession: str, state: str, action: str) -> None:
+        super().__init__(f"exam {accession}: cannot {action} while {state}")
+        self.accession = accession
+        self.state = state
+        self.action = action
+
+
+class ExamAlreadyOrdered(DomainError):
+    def __init__(self, accession: str) -> None:
+        super().__init__(f"exam {accession}: already ordered")
+        self.accession = accession
+
+
+class UnknownExam(DomainError):
+    def __init__(self, accession: str) -> None:
+        super().__init__(f"exam {accession}: no such order")
+        self.accession = accession
+
+
+class UnknownPatient(DomainError):
+    def __init__(self, patient_key: str) -> None:
+        super().__init__(f"patient {patient_key}: not registered")
+        self.patient_key = patient_key
