@@ -1,0 +1,1 @@
+"""Infrastructure shared by activities, interfaces, projections and api: settings and storage."""

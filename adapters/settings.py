@@ -1,0 +1,72 @@
+"""Runtime configuration from RADFLOW_* environment variables; defaults serve the embedded run."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RADFLOW_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    bind_host: str = "127.0.0.1"
+    http_port: int = 8000
+    mllp_port: int = 2575
+    dicom_port: int = 11112
+    ae_title: str = "RADFLOW"
+    database_url: str = ""  # empty: a SQLite file in the data folder
+    temporal_address: str = ""  # empty: start the embedded dev server
+    temporal_port: int = 7233
+    temporal_namespace: str = "default"
+    task_queue: str = "radflow"
+    mllp_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    mllp_read_timeout_s: float = Field(default=60.0, gt=0)
+    log_level: str = "INFO"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+    @cached_property
+    def sqlite_dir(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def events_sqlite_path(self) -> Path:
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///"))
+        return self.sqlite_dir / "events.sqlite"
+
+    @property
+    def messages_sqlite_path(self) -> Path:
+        return self.sqlite_dir / "messages.sqlite"
+
+    @property
+    def projections_sqlite_path(self) -> Path:
+        return self.sqlite_dir / "projections.sqlite"
+
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    def postgres_params(self) -> dict[str, str]:
+        url = urlparse(self.database_url)
+        return {
+            "host": url.hostname or "127.0.0.1",
+            "port": str(url.port or 5432),
+            "user": unquote(url.username or "postgres"),
+            "password": unquote(url.password or ""),
+            "dbname": (url.path or "/postgres").lstrip("/") or "postgres",
+        }
+
+    def ensure_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings() -> Settings:
+    return Settings()
