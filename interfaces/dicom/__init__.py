@@ -1,0 +1,1 @@
+"""DICOM services (pynetdicom): for now the Verification SCP that modalities ping."""

@@ -1,0 +1,123 @@
+"""The MLLP listener: frames in, ACKs out, every message durable in the log before its ACK.
+
+One task per connection; several messages per connection; a stalled peer times out; an
+oversized or unreadable frame is answered and logged, and the connection and the listener
+carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from adapters.message_log import Inbound, MessageLogWriter, utcnow
+from adapters.settings import Settings
+from interfaces.hl7 import acks
+from interfaces.hl7.framing import FrameTooLarge, frame, read_frame
+from interfaces.hl7.intake import interpret
+
+log = logging.getLogger("radflow.mllp")
+
+
+class MllpListener:
+    def __init__(
+        self,
+        settings: Settings,
+        writer: MessageLogWriter,
+        on_accepted: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._settings = settings
+        self._writer = writer
+        self._on_accepted = on_accepted
+        self._server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def start(self, port: int | None = None) -> int:
+        self._server = await asyncio.start_server(
+            self._serve,
+            host=self._settings.bind_host,
+            port=self._settings.mllp_port if port is None else port,
+            limit=64 * 1024,
+        )
+        bound = self._server.sockets[0].getsockname()[1]
+        log.info("mllp listening", extra={"host": self._settings.bind_host, "port": bound})
+        return int(bound)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = writer.get_extra_info("peername") or ("?", 0)
+        peer = f"{address[0]}:{address[1]}"
+        self.connections += 1
+        try:
+            while True:
+                raw = await self._next_frame(reader, writer, peer)
+                if raw is None:
+                    break
+                inbound = interpret(raw, peer, utcnow())
+                ack = await self._record(inbound)
+                writer.write(frame(ack))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            log.info("mllp peer went away", extra={"peer": peer})
+        except Exception:
+            log.exception("mllp connection failed", extra={"peer": peer})
+        finally:
+            self.connections -= 1
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    async def _next_frame(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> bytes | None:
+        while True:
+            try:
+                return await read_frame(
+                    reader,
+                    self._settings.mllp_max_frame_bytes,
+                    self._settings.mllp_read_timeout_s,
+                )
+            except TimeoutError:
+                log.info("mllp read timeout, closing", extra={"peer": peer})
+                return None
+            except FrameTooLarge as error:
+                reason = str(error)
+                inbound = Inbound(
+                    raw=b"",
+                    peer=peer,
+                    received_at=utcnow(),
+                    build_ack=lambda code, text: acks.build_ack(
+                        None, code, text, acks.INTERNAL_ERROR
+                    ).encode(),
+                    refusal=("AR", reason),
+                )
+                writer.write(frame(await self._record(inbound)))
+                await writer.drain()
+
+    async def _record(self, inbound: Inbound) -> bytes:
+        try:
+            recorded = await self._writer.record(inbound)
+        except Exception:
+            log.exception("message log write failed", extra={"peer": inbound.peer})
+            return inbound.build_ack("AR", "message could not be stored; please resend")
+        log.info(
+            "hl7 message",
+            extra={
+                "id": recorded.id,
+                "peer": inbound.peer,
+                "type": inbound.message_type,
+                "control_id": inbound.control_id,
+                "status": recorded.status,
+                "ack": recorded.ack_code,
+            },
+        )
+        if recorded.status == "accepted":
+            self._on_accepted()
+        return recorded.ack
