@@ -1,0 +1,1 @@
+"""Temporal activities: all the workflows' I/O, each safe to retry."""

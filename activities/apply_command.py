@@ -1,0 +1,106 @@
+"""apply_command: load the aggregate, let the domain decide, append its events.
+
+Idempotent: the aggregate remembers the message ids it has applied, and aggregate ids and
+versions are deterministic, so a retry after a crash either finds the events already stored
+or collides with them (and is then reloaded and found applied).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError
+from temporalio import activity
+
+from adapters.event_store import EventStore
+from adapters.message_log import MessageLog
+from domain.commands import (
+    CancelOrder,
+    Command,
+    PlaceOrder,
+    RegisterPatient,
+    UpdatePatient,
+    command_from_dict,
+)
+from domain.errors import DomainError, ExamAlreadyOrdered, UnknownExam
+from domain.exam import Exam, exam_id
+from domain.patient import Patient, patient_id
+
+log = logging.getLogger("radflow.apply")
+
+APPLIED, DUPLICATE, REFUSED = "applied", "duplicate", "refused"
+
+
+class CommandActivities:
+    def __init__(
+        self,
+        store: EventStore,
+        message_log: MessageLog | None,
+        on_saved: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._log = message_log
+        self._on_saved = on_saved
+
+    @activity.defn(name="apply_command")
+    def apply_command(self, data: dict[str, Any]) -> dict[str, Any]:
+        command = command_from_dict(data)
+        for attempt in range(3):
+            try:
+                outcome = self._apply(command)
+                break
+            except IntegrityError:  # a concurrent or earlier attempt stored this version
+                if attempt == 2:
+                    raise
+        if self._log is not None:
+            self._log.record_outcome(
+                command.provenance.source.message_id, outcome["status"], outcome.get("reason", "")
+            )
+        if outcome["status"] == REFUSED:
+            log.warning(
+                "command refused",
+                extra={"kind": command.kind, "message_id": command.provenance.source.message_id, "reason": outcome["reason"]},
+            )
+        return outcome
+
+    def _apply(self, command: Command) -> dict[str, Any]:
+        if isinstance(command, (PlaceOrder, CancelOrder)):
+            return self._apply_to_exam(command)
+        if isinstance(command, (RegisterPatient, UpdatePatient)):
+            return self._apply_to_patient(command)
+        raise TypeError(f"unknown command {type(command).__name__}")
+
+    def _apply_to_exam(self, command: PlaceOrder | CancelOrder) -> dict[str, Any]:
+        exam: Exam | None = self._store.get_or_none(exam_id(command.accession))
+        if exam is not None and exam.has_applied(command.provenance):
+            return {"status": DUPLICATE, "state": exam.state.value}
+        try:
+            if isinstance(command, PlaceOrder):
+                if exam is not None:
+                    raise ExamAlreadyOrdered(command.accession)
+                exam = Exam.place(command)
+            else:
+                if exam is None:
+                    raise UnknownExam(command.accession)
+                exam.cancel(command.reason, command.provenance)
+        except DomainError as refusal:
+            state = exam.state.value if exam is not None else None
+            return {"status": REFUSED, "state": state, "reason": str(refusal)}
+        self._store.save(exam)
+        self._on_saved()
+        return {"status": APPLIED, "state": exam.state.value}
+
+    def _apply_to_patient(self, command: RegisterPatient | UpdatePatient) -> dict[str, Any]:
+        patient: Patient | None = self._store.get_or_none(patient_id(command.patient.key))
+        if patient is not None and patient.has_applied(command.provenance):
+            return {"status": DUPLICATE, "state": "registered"}
+        if patient is None:
+            # an update for an identity we never saw registers it: the HIS is the master
+            patient = Patient.register(command.patient, command.patient_class, command.provenance)
+        else:
+            patient.update(command.patient, command.patient_class, command.provenance)
+        self._store.save(patient)
+        self._on_saved()
+        return {"status": APPLIED, "state": "registered"}

@@ -1,0 +1,146 @@
+"""Runs a projection over the event store's notification log with a tracked position.
+
+Rows and position are committed in one transaction, and the position moves only from the
+value read (a compare-and-set), so two runners never apply an event twice. On SQLite the
+runner pulls, woken by the appender in the same process (and by a short poll otherwise); on
+PostgreSQL it subscribes (LISTEN/NOTIFY through eventsourcing).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from eventsourcing.persistence import Notification
+
+from adapters.event_store import EventStore
+from adapters.sql import Cursor, Database
+
+log = logging.getLogger("radflow.projections")
+
+TRACKING_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS projection_tracking (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )""",
+]
+
+
+class Projection(Protocol):
+    name: str
+    schema: Sequence[str]
+    tables: Sequence[str]
+
+    def handle(self, cur: Cursor, event: Any) -> None: ...
+
+
+class StalePosition(Exception):
+    """Another runner moved the position first; re-read and carry on."""
+
+
+class ProjectionRunner:
+    def __init__(self, store: EventStore, db: Database, projection: Projection) -> None:
+        self.store = store
+        self.db = db
+        self.projection = projection
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+
+    def create_schema(self) -> None:
+        self.db.executescript([*TRACKING_SCHEMA, *self.projection.schema])
+
+    def position(self) -> int:
+        rows = self.db.query(
+            "SELECT position FROM projection_tracking WHERE name = ?", (self.projection.name,)
+        )
+        return int(rows[0]["position"]) if rows else 0
+
+    def lag(self) -> int:
+        return max(self.store.max_notification_id() - self.position(), 0)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def catch_up(self, batch: int = 500) -> int:
+        """Apply everything stored so far; returns how many notifications were processed."""
+        total = 0
+        while True:
+            start = self.position() + 1
+            notifications = self.store.recorder.select_notifications(start=start, limit=batch)
+            if not notifications:
+                return total
+            try:
+                self.apply(notifications)
+            except StalePosition:
+                continue
+            total += len(notifications)
+
+    def apply(self, notifications: Sequence[Notification]) -> None:
+        with self.db.transaction() as cur:
+            previous = cur.execute(
+                "SELECT position FROM projection_tracking WHERE name = ?", (self.projection.name,)
+            ).fetchone()
+            position = int(previous["position"]) if previous else 0
+            fresh = [n for n in notifications if n.id > position]
+            if not fresh:
+                return
+            for notification in fresh:
+                self.projection.handle(cur, self.store.mapper.to_domain_event(notification))
+            last = fresh[-1].id
+            if previous is None:
+                cur.execute(
+                    "INSERT INTO projection_tracking (name, position) VALUES (?, ?)",
+                    (self.projection.name, last),
+                )
+            elif cur.execute(
+                "UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",
+                (last, self.projection.name, position),
+            ).rowcount != 1:
+                raise StalePosition(self.projection.name)
+
+    def rebuild(self) -> int:
+        """Drop the rows and the position, then replay the whole store."""
+        with self.db.transaction() as cur:
+            for table in self.projection.tables:
+                cur.execute(f"DELETE FROM {table}")
+            cur.execute("DELETE FROM projection_tracking WHERE name = ?", (self.projection.name,))
+        return self.catch_up()
+
+    def run_forever(self, poll_s: float = 0.5) -> None:
+        if self.db.dialect == "postgres":
+            self._subscribe_forever()
+            return
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.catch_up()
+            except Exception:
+                log.exception("projection failed", extra={"projection": self.projection.name})
+                self._stop.wait(2.0)
+            self._wake.wait(poll_s)
+
+    def _subscribe_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.catch_up()
+                with self.store.recorder.subscribe(gt=self.position()) as subscription:
+                    stopper = threading.Thread(
+                        target=lambda: (self._stop.wait(), subscription.stop()), daemon=True
+                    )
+                    stopper.start()
+                    for notification in subscription:
+                        if self._stop.is_set():
+                            break
+                        try:
+                            self.apply([notification])
+                        except StalePosition:
+                            self.catch_up()
+            except Exception:
+                log.exception("projection subscription failed", extra={"projection": self.projection.name})
+                self._stop.wait(2.0)
