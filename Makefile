@@ -1,0 +1,47 @@
+# radflow: `make run` starts the embedded stack, `make test` runs the suite.
+# Both create .venv and install what they need; nothing is installed by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test install lint system-deps lock bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "radflow needs Python >= 3.11 ($(PYTHON))"; exit 1; }
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# DICOM peer tools the tests use as independent witnesses (echoscu, findscu, storescu, ...)
+system-deps:
+	@command -v echoscu >/dev/null 2>&1 || { \
+	  echo "installing dcmtk (Debian package)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk >/dev/null; }
+
+run: install
+	$(VENV)/bin/radflow up
+
+test: install system-deps
+	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && { echo "no tests collected"; exit 1; }; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/hl7_ingest.py
+
+lock: install
+	{ echo "# Pinned versions for reproducible installs: pip install -c constraints.txt -e '.[dev]'"; \
+	  echo "# Regenerate with: make lock"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^radflow'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""The HTTP API: exams from the worklist projection, histories from the event store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from temporalio.client import Client
+
+from adapters.event_store import EventStore, open_event_store
+from adapters.settings import Settings
+from adapters.sql import Database
+from domain.exam import exam_id
+from projections.runner import ProjectionRunner
+from projections.worklist import PRIORITY_RANK, WorklistProjection
+
+EXAM_STATES = ("ordered", "scheduled", "in_progress", "completed", "reported", "billed", "cancelled", "discontinued")
+
+
+def exam_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "accession": row["accession"],
+        "state": row["state"],
+        "priority": row["priority"],
+        "patient": {"id": row["patient_id"], "issuer": row["patient_issuer"], "name": row["patient_name"]},
+        "procedure": {"code": row["procedure_code"], "text": row["procedure_text"]},
+        "modality": row["modality"],
+        "scheduled_at": row["scheduled_at"],
+        "ordered_at": row["ordered_at"],
+        "updated_at": row["updated_at"],
+        "requested_procedure_id": row["requested_procedure_id"],
+        "study_instance_uid": row["study_instance_uid"] or None,
+        "placer_order_number": row["placer_order_number"],
+        "filler_order_number": row["filler_order_number"],
+    }
+
+
+def event_json(event: Any) -> dict[str, Any]:
+    attributes = dict(vars(event))
+    provenance = attributes.pop("provenance", {}) or {}
+    for key in ("timestamp", "originator_id", "originator_topic", "originator_version"):
+        attributes.pop(key, None)
+    return {
+        "type": type(event).__name__,
+        "version": event.originator_version,
+        "occurred_at": provenance.get("occurred_at"),
+        "recorded_at": event.timestamp.isoformat(),
+        "actor": provenance.get("actor"),
+        "source": provenance.get("source", {}),
+        "schema_version": provenance.get("schema_version"),
+        "data": attributes,
+    }
+
+
+async def _port_open(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="radflow",
+        summary="Radiology information and picture archiving: exams, worklists and histories.",
+        version="0.1.0",
+    )
+    store: EventStore = open_event_store(settings, create_table=not settings.uses_postgres)
+    projections_db = Database.for_file(settings, settings.projections_sqlite_path)
+    worklist = ProjectionRunner(store, projections_db, WorklistProjection())
+    worklist.create_schema()
+    temporal: dict[str, Client] = {}
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> JSONResponse:
+        """200 only when the store, Temporal and both listeners answer; detail per part."""
+        parts: dict[str, dict[str, Any]] = {}
+        try:
+            lag = await asyncio.to_thread(worklist.lag)
+            parts["store"] = {"ok": True, "worklist_lag": lag}
+        except Exception as error:
+            parts["store"] = {"ok": False, "error": str(error)[:200]}
+        try:
+            if "client" not in temporal:
+                temporal["client"] = await asyncio.wait_for(
+                    Client.connect(settings.temporal_target, namespace=settings.temporal_namespace), 2.0
+                )
+            await asyncio.wait_for(temporal["client"].service_client.check_health(), 2.0)
+            parts["temporal"] = {"ok": True, "address": settings.temporal_target}
+        except Exception as error:
+            temporal.pop("client", None)
+            parts["temporal"] = {"ok": False, "address": settings.temporal_target, "error": str(error)[:200] or type(error).__name__}
+        for name, port in (("mllp", settings.mllp_port), ("dicom", settings.dicom_port)):
+            parts[name] = {"ok": await _port_open(settings.bind_host, port), "port": port}
+        healthy = all(part["ok"] for part in parts.values())
+        return JSONResponse({"status": "ok" if healthy else "degraded", "parts": parts}, status_code=200 if healthy else 503)
+
+    @app.get("/api/exams", tags=["exams"])
+    def list_exams(
+        state: Annotated[str | None, Query(description="lifecycle state, e.g. ordered")] = None,
+        modality: str | None = None,
+        patient_id: str | None = None,
+        priority: Annotated[str | None, Query(description="STAT, ASAP or ROUTINE")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Exams from the worklist, STAT first, then oldest order first."""
+        if state is not None and state not in EXAM_STATES:
+            raise HTTPException(422, f"unknown state {state!r}; one of {', '.join(EXAM_STATES)}")
+        filters, params = [], []
+        for column, value in (("state", state), ("modality", modality), ("patient_id", patient_id), ("priority", priority and priority.upper())):
+            if value:
+                filters.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(filters)}" if filters else ""
+        total = projections_db.query(f"SELECT COUNT(*) AS n FROM worklist {where}", params)[0]["n"]
+        rows = projections_db.query(
+            f"SELECT * FROM worklist {where} ORDER BY {PRIORITY_RANK}, ordered_at, accession LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return {"exams": [exam_json(r) for r in rows], "total": int(total), "limit": limit, "offset": offset}
+
+    @app.get("/api/exams/{accession}", tags=["exams"])
+    def get_exam(accession: str) -> dict[str, Any]:
+        rows = projections_db.query("SELECT * FROM worklist WHERE accession = ?", (accession,))
+        if not rows:
+            raise HTTPException(404, f"no exam with accession {accession}")
+        return exam_json(rows[0])
+
+    @app.get("/api/exams/{accession}/history", tags=["exams"])
+    def exam_history(accession: str) -> dict[str, Any]:
+        """Every domain event of the exam, oldest first, with its provenance."""
+        events = store.events_of(exam_id(accession))
+        if not events:
+            raise HTTPException(404, f"no exam with accession {accession}")
+        return {"accession": accession, "events": [event_json(e) for e in events]}
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, status_code=500)
+
+    return app

@@ -1,0 +1,121 @@
+"""The `radflow` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from adapters.logs import configure_logging
+from adapters.settings import Settings, load_settings
+
+PROJECTIONS = ("worklist",)
+
+
+def _up(settings: Settings, _: argparse.Namespace) -> int:
+    from api import supervisor
+
+    configure_logging("up", settings.log_level)
+    return supervisor.run(settings)
+
+
+def _worker(settings: Settings, _: argparse.Namespace) -> int:
+    from api import worker_process
+
+    configure_logging("worker", settings.log_level)
+    worker_process.main(settings)
+    return 0
+
+
+def _listen(settings: Settings, _: argparse.Namespace) -> int:
+    from api import listen_process
+
+    configure_logging("listen", settings.log_level)
+    listen_process.main(settings)
+    return 0
+
+
+def _api(settings: Settings, _: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    configure_logging("api", settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bind_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+    )
+    return 0
+
+
+def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    from api.worker_process import projection_runners
+
+    configure_logging("cli", "WARNING")
+    names = PROJECTIONS if args.name == "all" else (args.name,)
+    for runner in projection_runners(settings):
+        if runner.projection.name in names:
+            count = runner.rebuild()
+            print(f"{runner.projection.name}: rebuilt from {count} events, position {runner.position()}")
+    return 0
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> int:
+    from interfaces.hl7.sender import send_files
+
+    configure_logging("cli", "WARNING")
+    host = args.host or settings.bind_host
+    port = args.port or settings.mllp_port
+    try:
+        codes = asyncio.run(send_files([Path(f) for f in args.files], host, port))
+    except OSError as error:
+        print(f"radflow hl7 send: cannot reach {host}:{port}: {error}", file=sys.stderr)
+        return 2
+    for path, code, text in codes:
+        print(f"{path}: {code} {text}".rstrip())
+    return 0 if all(code == "AA" for _, code, _ in codes) else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="radflow",
+        description="radflow RIS + PACS. Settings come from RADFLOW_* environment variables.",
+    )
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("up", help="start everything (Temporal dev server, worker, listeners, API)").set_defaults(run=_up)
+    commands.add_parser("worker", help="run the Temporal worker and the projections").set_defaults(run=_worker)
+    commands.add_parser("listen", help="run the MLLP listener, the relay and the DICOM AE").set_defaults(run=_listen)
+    commands.add_parser("api", help="serve the HTTP API").set_defaults(run=_api)
+
+    projections = commands.add_parser("projections", help="read model maintenance")
+    p_sub = projections.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rebuild = p_sub.add_parser("rebuild", help="drop a projection and replay the event store into it")
+    rebuild.add_argument("name", choices=[*PROJECTIONS, "all"])
+    rebuild.set_defaults(run=_rebuild)
+
+    hl7 = commands.add_parser("hl7", help="HL7 tools")
+    h_sub = hl7.add_subparsers(dest="action", required=True, metavar="ACTION")
+    send = h_sub.add_parser("send", help="send HL7 files over MLLP and print each ACK")
+    send.add_argument("files", nargs="+", help="files holding one HL7 message each")
+    send.add_argument("--host")
+    send.add_argument("--port", type=int)
+    send.set_defaults(run=_send)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except Exception as error:
+        print(f"radflow: invalid settings: {error}", file=sys.stderr)
+        return 2
+    return int(args.run(settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""`radflow listen`: the MLLP listener with its message log, the relay to Temporal, and the
+DICOM AE. The ACK path never touches Temporal: a Temporal outage only delays the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from adapters.message_log import MessageLog, MessageLogWriter
+from adapters.settings import Settings
+from adapters.sql import Database
+from adapters.temporal import connect
+from interfaces.dicom.verification import start_verification_scp
+from interfaces.hl7.listener import MllpListener
+from interfaces.hl7.relay import Relay
+
+log = logging.getLogger("radflow.listen")
+
+
+async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
+    message_log = MessageLog(Database.for_file(settings, settings.messages_sqlite_path))
+    message_log.create_schema()
+    loop = asyncio.get_running_loop()
+    relay: Relay | None = None
+
+    def wake_relay() -> None:
+        if relay is not None:
+            loop.call_soon_threadsafe(relay.wake)
+
+    writer = MessageLogWriter(message_log)
+    listener = MllpListener(settings, writer, on_accepted=wake_relay)
+    await listener.start()
+    dicom = start_verification_scp(settings)
+    relay_task: asyncio.Task[None] | None = None
+    try:
+        client = await connect(settings, wait_s=3600)
+        relay = Relay(message_log, client, settings.task_queue)
+        relay_task = asyncio.create_task(relay.run_forever())
+        await stop.wait()
+    finally:
+        if relay_task is not None:
+            relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay_task
+        await listener.stop()
+        dicom.shutdown()
+        writer.close()
+
+
+def main(settings: Settings) -> None:
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_listeners(settings, stop)
+
+    asyncio.run(_main())

@@ -1,0 +1,83 @@
+"""`radflow worker`: the Temporal worker (exam and patient workflows, apply_command) and the
+projection runners, in one process so that an append wakes the projections at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.worker import Worker
+
+from activities.apply_command import CommandActivities
+from adapters.event_store import open_event_store
+from adapters.message_log import MessageLog
+from adapters.settings import Settings
+from adapters.sql import Database
+from adapters.temporal import connect
+from projections.runner import ProjectionRunner
+from projections.worklist import WorklistProjection
+from workflows.exam import ExamWorkflow
+from workflows.patient import PatientWorkflow
+
+log = logging.getLogger("radflow.worker")
+
+
+def projection_runners(settings: Settings) -> list[ProjectionRunner]:
+    store = open_event_store(settings)
+    db = Database.for_file(settings, settings.projections_sqlite_path)
+    runners = [ProjectionRunner(store, db, WorklistProjection())]
+    for runner in runners:
+        runner.create_schema()
+    return runners
+
+
+def message_log(settings: Settings) -> MessageLog:
+    log_ = MessageLog(Database.for_file(settings, settings.messages_sqlite_path))
+    log_.create_schema()
+    return log_
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    store = open_event_store(settings)
+    runners = projection_runners(settings)
+    threads = [
+        threading.Thread(target=r.run_forever, name=f"projection-{r.projection.name}", daemon=True)
+        for r in runners
+    ]
+    for thread in threads:
+        thread.start()
+
+    def wake_projections() -> None:
+        for runner in runners:
+            runner.wake()
+
+    activities = CommandActivities(store, message_log(settings), on_saved=wake_projections)
+    client = await connect(settings)
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity") as executor:
+        worker = Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=[ExamWorkflow, PatientWorkflow],
+            activities=[activities.apply_command],
+            activity_executor=executor,
+        )
+        log.info("worker started", extra={"task_queue": settings.task_queue})
+        async with worker:
+            await stop.wait()
+    for runner in runners:
+        runner.stop()
+
+
+def main(settings: Settings) -> None:
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop)
+
+    asyncio.run(_main())
