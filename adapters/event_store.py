@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 from uuid import UUID
 
@@ -60,6 +61,15 @@ def open_event_store(settings: Settings, *, create_table: bool = True) -> EventS
     # eventsourcing also reads os.environ; ours must win over anything inherited
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k in env}
     try:
-        return EventStore(env=env)
+        for attempt in range(5):
+            try:
+                return EventStore(env=env)
+            except Exception:
+                # PostgreSQL: processes creating the tables at once fail with
+                # "tuple concurrently updated"; the next attempt finds them created
+                if attempt == 4 or not settings.uses_postgres:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     finally:
         os.environ.update(saved)

@@ -35,10 +35,17 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
     dicom = start_verification_scp(settings)
     relay_task: asyncio.Task[None] | None = None
     try:
-        client = await connect(settings, wait_s=3600)
-        relay = Relay(message_log, client, settings.task_queue)
-        relay_task = asyncio.create_task(relay.run_forever())
-        await stop.wait()
+        # the listener already ACKs; the relay joins when Temporal answers (or never, if
+        # we are told to stop first)
+        connecting = asyncio.create_task(connect(settings, wait_s=3600))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if connecting.done() and not stop.is_set():
+            relay = Relay(message_log, connecting.result(), settings.task_queue)
+            relay_task = asyncio.create_task(relay.run_forever())
+            wake_relay()
+            await stopping
+        connecting.cancel()
     finally:
         if relay_task is not None:
             relay_task.cancel()
