@@ -109,7 +109,7 @@ class MessageLog:
             if original is not None:
                 ack = bytes(original["ack"])
                 row_id = self._insert(cur, inbound, DUPLICATE, "AA", ack, None, original["id"])
-                return Recorded(row_id, DUPLICATE, "AA", ack, "duplicate of message %d" % original["id"])
+                return Recorded(row_id, DUPLICATE, "AA", ack, f"duplicate of message {original['id']}")
         refusal = inbound.refusal or self._order_refusal(cur, inbound)
         if refusal is not None:
             code, reason = refusal

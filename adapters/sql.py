@@ -78,9 +78,8 @@ class Database:
                 raise
             conn.execute("COMMIT")
         else:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    yield Cursor(self, cur)
+            with conn.transaction(), conn.cursor() as cur:
+                yield Cursor(self, cur)
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         conn = self._connection()

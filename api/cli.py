@@ -70,14 +70,19 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging("cli", "WARNING")
     host = args.host or settings.bind_host
     port = args.port or settings.mllp_port
+    async def send() -> list[str]:
+        codes = []
+        async for path, code, text in send_files([Path(f) for f in args.files], host, port):
+            print(f"{path}: {code} {text}".rstrip(), flush=True)
+            codes.append(code)
+        return codes
+
     try:
-        codes = asyncio.run(send_files([Path(f) for f in args.files], host, port))
-    except OSError as error:
-        print(f"radflow hl7 send: cannot reach {host}:{port}: {error}", file=sys.stderr)
+        codes = asyncio.run(send())
+    except (OSError, EOFError, asyncio.IncompleteReadError) as error:
+        print(f"radflow hl7 send: connection to {host}:{port} failed: {error}", file=sys.stderr)
         return 2
-    for path, code, text in codes:
-        print(f"{path}: {code} {text}".rstrip())
-    return 0 if all(code == "AA" for _, code, _ in codes) else 1
+    return 0 if all(code == "AA" for code in codes) else 1
 
 
 def parser() -> argparse.ArgumentParser:

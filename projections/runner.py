@@ -130,9 +130,11 @@ class ProjectionRunner:
             try:
                 self.catch_up()
                 with self.store.recorder.subscribe(gt=self.position()) as subscription:
-                    stopper = threading.Thread(
-                        target=lambda: (self._stop.wait(), subscription.stop()), daemon=True
-                    )
+                    def stop_when_asked() -> None:
+                        self._stop.wait()
+                        subscription.stop()
+
+                    stopper = threading.Thread(target=stop_when_asked, daemon=True)
                     stopper.start()
                     for notification in subscription:
                         if self._stop.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.sql import Cursor
@@ -47,8 +48,8 @@ PRIORITY_RANK = "CASE priority WHEN 'STAT' THEN 0 WHEN 'ASAP' THEN 1 ELSE 2 END"
 
 class WorklistProjection:
     name = "worklist"
-    schema = SCHEMA
-    tables = ("worklist",)
+    schema: Sequence[str] = SCHEMA
+    tables: Sequence[str] = ("worklist",)
 
     def handle(self, cur: Cursor, event: Any) -> None:
         kind = type(event).__name__

@@ -37,5 +37,7 @@ def start_verification_scp(settings: Settings, port: int | None = None) -> Any:
         block=False,
         evt_handlers=[(evt.EVT_C_ECHO, _on_echo), (evt.EVT_CONN_OPEN, _on_open)],
     )
+    if server is None:
+        raise RuntimeError("pynetdicom did not start the DICOM server")
     log.info("dicom listening", extra={"ae_title": settings.ae_title, "port": server.server_address[1]})
     return server

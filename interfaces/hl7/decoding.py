@@ -45,10 +45,9 @@ class DecodingError(ValueError):
 
 def declared_charset(raw: bytes) -> str:
     """MSH-18 read straight from the bytes (ASCII-safe in every HL7 charset we accept)."""
-    start = raw.find(b"MSH")
-    if start < 0 or len(raw) < start + 4:
+    header = next((s for s in re.split(rb"[\r\n]", raw) if s.startswith(b"MSH")), b"")
+    if len(header) < 4:
         return ""
-    header = re.split(rb"[\r\n]", raw[start:], maxsplit=1)[0]
     separator = header[3:4]
     fields = header.split(separator)
     if len(fields) <= 17:

@@ -8,6 +8,7 @@ carry on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -69,10 +70,8 @@ class MllpListener:
         finally:
             self.connections -= 1
             writer.close()
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
 
     async def _next_frame(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str

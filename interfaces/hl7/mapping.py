@@ -21,10 +21,10 @@ from interfaces.hl7.message import Header, Message
 
 PRIORITIES = {"S": "STAT", "STAT": "STAT", "A": "ASAP", "ASAP": "ASAP", "R": "ROUTINE", "ROUTINE": "ROUTINE"}
 DICOM_MODALITIES = frozenset(
-    "CR CT DX ES IO MG MR NM OT PT RF RG SC US XA XC BMD OCT OP ECG IVUS".split()
+    ["CR", "CT", "DX", "ES", "IO", "MG", "MR", "NM", "OT", "PT", "RF", "RG", "SC", "US", "XA", "XC", "BMD", "OCT", "OP", "ECG", "IVUS"]
 )
 KNOWN_MESSAGE_TYPES = frozenset(
-    "ACK ADT BAR DFT MDM MFN OMG OMI OML ORM ORR ORU OSR QBP QRY RDE RSP SIU SRM VXU".split()
+    ["ACK", "ADT", "BAR", "DFT", "MDM", "MFN", "OMG", "OMI", "OML", "ORM", "ORR", "ORU", "OSR", "QBP", "QRY", "RDE", "RSP", "SIU", "SRM", "VXU"]
 )
 ORDER_SEGMENTS = ("TQ1", "OBR", "IPC", "ZDS", "NTE", "OBX", "DG1", "CTD", "FT1", "BLG", "CTI", "TQ2")
 

@@ -41,12 +41,11 @@ class Header:
 
 def read_header(text: str) -> Header | None:
     """The MSH segment split by its own separator, or None when there is no MSH."""
-    start = text.find("MSH")
-    if start < 0 or len(text) < start + 8:
+    segment = next((s for s in text.split("\r") if s.startswith("MSH")), "")
+    if len(segment) < 8:
         return None
-    segment = text[start:].split("\r", 1)[0]
     separator = segment[3]
-    if separator.isalnum() or separator in " \r\n":
+    if separator.isalnum() or separator.isspace() or separator in "-_.":
         return None
     fields = ["MSH", separator, *segment[4:].split(separator)]
     encoding = fields[2]

@@ -7,6 +7,7 @@ the workflows and aggregates drop repeats by message id. Order per workflow foll
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -50,10 +51,8 @@ class Relay:
                 backoff = min(backoff * 2, 30.0)
                 continue
             if moved == 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
 
     async def relay_once(self, limit: int = 200) -> int:
         rows = await asyncio.to_thread(self._log.unrelayed, limit)
