@@ -40,3 +40,8 @@ def configure_logging(process_name: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for noisy in ("pynetdicom", "temporalio", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # python-hl7 logs whole field values (patient names included) under its file path;
+    # radflow reports unescape and parse failures itself, without demographics
+    import hl7.util
+
+    logging.getLogger(hl7.util.__file__).disabled = True

@@ -31,7 +31,7 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int, timeout: floa
     buffer = bytearray()
     while True:
         try:
-            chunk = await asyncio.wait_for(reader.readuntil(END), timeout)
+            chunk = await _read_until_end(reader, timeout)
         except asyncio.LimitOverrunError as overrun:
             chunk = await asyncio.wait_for(reader.readexactly(overrun.consumed), timeout)
             buffer += chunk
@@ -45,10 +45,27 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int, timeout: floa
         return bytes(buffer[: -len(END)])
 
 
+async def _read_until_end(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """`readuntil(END)` where `timeout` bounds a silence, not the whole frame: a slow peer that
+    keeps sending is not cut off mid-frame. A timed-out `readuntil` consumes nothing, so it is
+    safe to wait again while the buffer grows."""
+    while True:
+        buffered = _buffered(reader)
+        try:
+            return await asyncio.wait_for(reader.readuntil(END), timeout)
+        except TimeoutError:
+            if _buffered(reader) == buffered:
+                raise
+
+
+def _buffered(reader: asyncio.StreamReader) -> int:
+    return len(getattr(reader, "_buffer", b""))  # CPython's StreamReader keeps unread bytes here
+
+
 async def _discard_until_end(reader: asyncio.StreamReader, timeout: float) -> None:
     while True:
         try:
-            await asyncio.wait_for(reader.readuntil(END), timeout)
+            await _read_until_end(reader, timeout)
             return
         except asyncio.LimitOverrunError as overrun:
             await asyncio.wait_for(reader.readexactly(overrun.consumed), timeout)

@@ -83,7 +83,9 @@ def hl7_timestamp(value: str) -> str:
     except ValueError:
         return ""
     iso = moment.isoformat()
-    if len(zone) == 5 and zone[1:].isdigit():
+    # an offset that is not +/-HHMM in ASCII digits, under 24 h, would make the result unreadable
+    # as ISO 8601 downstream: drop it like any other malformed zone
+    if len(zone) == 5 and zone[1:].isascii() and zone[1:].isdigit() and int(zone[1:3]) < 24 and int(zone[3:]) < 60:
         iso += f"{zone[:3]}:{zone[3:]}"
     return iso
 
@@ -151,9 +153,12 @@ def _order_commands(message: Message, provenance: Provenance) -> list[Command]:
     if not orders:
         raise Refused("AE", "order message without an ORC segment", acks.SEGMENT_SEQUENCE_ERROR, "ORC")
     patient = _demographics(message)
+    # a ZDS outside every order group can only be meant for a lone order: in a message with
+    # several orders, a Study Instance UID belongs to one requested procedure, never to all
+    loose_zds = message.first_segment("ZDS") if len(orders) == 1 else None
     commands: list[Command] = []
     for number, group in enumerate(orders, start=1):
-        commands.append(_order_command(message, group, number, patient, provenance))
+        commands.append(_order_command(message, group, number, patient, provenance, loose_zds))
     return commands
 
 
@@ -163,12 +168,13 @@ def _order_command(
     number: int,
     patient: PatientDemographics,
     provenance: Provenance,
+    loose_zds: Any = None,
 ) -> Command:
     orc = group["ORC"][0]
     obr = group.get("OBR", [None])[0]
     ipc = group.get("IPC", [None])[0]
     tq1 = group.get("TQ1", [None])[0]
-    zds = group.get("ZDS", [None])[0] or message.first_segment("ZDS")
+    zds = group.get("ZDS", [None])[0] or loose_zds
     v = message.value
     control = v(orc, 1).upper()
     accession = v(obr, 18) or v(ipc, 1)

@@ -145,6 +145,10 @@ class Message:
     def unescape(self, text: str) -> str:
         if self._escape not in text:
             return text
+        if text.count(self._escape) % 2:
+            # an unterminated sequence (a lone, unescaped backslash): python-hl7 would silently
+            # drop it and everything after it, turning accession 'A\1' into 'A'
+            return text
         try:
             return str(self._msg.unescape(text))
         except Exception:  # a broken escape sequence: keep the text as sent
