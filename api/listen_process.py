@@ -37,7 +37,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
     try:
         # the listener already ACKs; the relay joins when Temporal answers (or never, if
         # we are told to stop first)
-        connecting = asyncio.create_task(connect(settings, wait_s=3600))
+        connecting = asyncio.create_task(connect(settings, wait_s=float("inf")))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if connecting.done() and not stop.is_set():

@@ -89,7 +89,7 @@ class Stack:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, part: str) -> None:
-        log = open(self.data_dir / f"{part}.log", "ab")
+        log = open(self.data_dir / f"{part}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.processes[part] = subprocess.Popen(
             [sys.executable, "-m", "api.cli", part], env=self.env, cwd=ROOT, stdout=log, stderr=log
         )
@@ -139,6 +139,20 @@ class Stack:
         return httpx.get(self.base_url + path, params=params, timeout=10)  # type: ignore[arg-type]
 
 
+def fresh_namespace(temporal_address: str) -> str:
+    """A new Temporal namespace. Workflow ids (`exam-<accession>`) are unique per namespace, not
+    per task queue, so stacks sharing the session's server each need their own: otherwise a
+    later stack's signal-with-start lands in an earlier stack's workflow, whose worker is gone."""
+    name = f"radflow-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(
+        [str(TEMPORAL_BIN), "operator", "namespace", "create", "--address", temporal_address, "--namespace", name],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return name
+
+
 def make_stack(tmp: Path, temporal_address: str, extra_env: dict[str, str] | None = None) -> Stack:
     data_dir = tmp / "var"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +164,7 @@ def make_stack(tmp: Path, temporal_address: str, extra_env: dict[str, str] | Non
         "RADFLOW_HTTP_PORT": str(http),
         "RADFLOW_DICOM_PORT": str(dicom),
         "RADFLOW_TEMPORAL_ADDRESS": temporal_address,
+        "RADFLOW_TEMPORAL_NAMESPACE": fresh_namespace(temporal_address),
         "RADFLOW_TASK_QUEUE": f"radflow-test-{uuid.uuid4().hex[:8]}",
         "RADFLOW_LOG_LEVEL": "INFO",
         "PYTHONPATH": str(ROOT),

@@ -10,7 +10,9 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-APPLY_TIMEOUT = timedelta(seconds=60)
+# apply_command takes milliseconds; a short timeout means a worker killed mid-activity
+# delays its exam by seconds, not a minute
+APPLY_TIMEOUT = timedelta(seconds=10)
 APPLY_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,

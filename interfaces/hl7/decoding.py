@@ -61,6 +61,10 @@ def decode(raw: bytes) -> tuple[str, str]:
     body = raw.removeprefix(b"\xef\xbb\xbf").strip(b"\x00")
     label = declared_charset(body)
     codec = CHARSETS.get(label, "utf-8")
+    if codec in ("latin-1", "iso8859-15", "cp1252") and _is_multibyte_utf8(body):
+        # the opposite mislabelling: UTF-8 under an 8859 label. Latin-1 text practically never
+        # forms valid multi-byte UTF-8 sequences, so such bytes are read as UTF-8
+        codec = "utf-8"
     try:
         text = body.decode(codec)
     except (UnicodeDecodeError, LookupError):
@@ -75,3 +79,13 @@ def decode(raw: bytes) -> tuple[str, str]:
     text = text.lstrip("\ufeff")
     segments = [s for s in _SEGMENT_BREAK.split(text) if s.strip()]
     return "\r".join(segments), codec
+
+
+def _is_multibyte_utf8(body: bytes) -> bool:
+    if body.isascii():
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 from tests.conftest import Stack
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def exchange(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(b"\x0b" + payload + b"\x1c\x0d")
-        buffer = b""
-        while not buffer.endswith(b"\x1c\x0d"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buffer += chunk
-    return buffer
+from tests.e2e.mllp import EXAMPLES, exchange
 
 
-def test_an_order_over_mllp_is_acknowledged_and_appears_in_the_worklist_with_its_history(stack: Stack) -> None:
+def test_an_order_over_mllp_is_acknowledged_and_appears_in_the_worklist_with_its_history(
+    stack: Stack,
+) -> None:
     ack = exchange(stack.mllp_port, (EXAMPLES / "orm_o01_new_order.hl7").read_bytes())
     assert b"MSA|AA|ORM0001" in ack
-    exam = stack.wait_until(lambda: stack.get("/api/exams/ACC1001").status_code == 200 and stack.get("/api/exams/ACC1001").json())
+    exam = stack.wait_until(
+        lambda: stack.get("/api/exams/ACC1001").status_code == 200 and stack.get("/api/exams/ACC1001").json()
+    )
     assert exam["state"] == "ordered"
     assert exam["priority"] == "STAT"
     assert exam["patient"] == {"id": "MRN1001", "issuer": "GENHOSP", "name": "DOE^JANE^Q"}

@@ -82,6 +82,11 @@ def test_cp1252_bytes_under_a_utf8_label_are_read_as_cp1252() -> None:
     assert (text, codec) == (expected, "cp1252")
 
 
+def test_utf8_bytes_under_an_8859_label_are_read_as_utf8() -> None:
+    expected = adt_with_name("MÜLLER^JÖRG – CT", charset="8859/1")
+    assert decode(expected.encode("utf-8")) == (expected, "utf-8")
+
+
 def test_non_ascii_bytes_without_a_label_are_read_as_utf8_when_they_are_utf8() -> None:
     expected = adt_with_name("MÜLLER^JÖRG")
     assert decode(expected.encode("utf-8")) == (expected, "utf-8")
