@@ -83,6 +83,11 @@ class ProjectionRunner:
 
     def apply(self, notifications: Sequence[Notification]) -> None:
         with self.db.transaction() as cur:
+            if self.db.dialect == "postgres":
+                # under READ COMMITTED two runners read the same position and collide on the
+                # rows (unique violations) before the compare-and-set below can notice; SQLite
+                # is already serialised by BEGIN IMMEDIATE
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self.projection.name,))
             previous = cur.execute(
                 "SELECT position FROM projection_tracking WHERE name = ?", (self.projection.name,)
             ).fetchone()
