@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 from adapters.message_log import MessageLog, MessageLogWriter
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.temporal import connect
+from api.signals import run_until_signalled
 from interfaces.dicom.verification import start_verification_scp
 from interfaces.hl7.listener import MllpListener
 from interfaces.hl7.relay import Relay
@@ -57,11 +57,4 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main(settings: Settings) -> None:
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_listeners(settings, stop)
-
-    asyncio.run(_main())
+    run_until_signalled(lambda stop: run_listeners(settings, stop))

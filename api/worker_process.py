@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +16,7 @@ from adapters.message_log import MessageLog
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.temporal import connect
+from api.signals import run_until_signalled
 from projections.runner import ProjectionRunner
 from projections.worklist import WorklistProjection
 from workflows.exam import ExamWorkflow
@@ -73,11 +73,4 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 
 
 def main(settings: Settings) -> None:
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, stop)
-
-    asyncio.run(_main())
+    run_until_signalled(lambda stop: run_worker(settings, stop))

@@ -30,11 +30,10 @@ def dedupe_key(command: dict[str, Any]) -> str:
 
 
 class CommandQueue:
-    def __init__(self, carried: dict[str, Any] | None) -> None:
-        carried = carried or {}
-        self.pending: deque[dict[str, Any]] = deque(carried.get("pending", []))
-        self.seen: list[str] = list(carried.get("seen", []))
-        self.state: str | None = carried.get("state")
+    def __init__(self) -> None:
+        self.pending: deque[dict[str, Any]] = deque()
+        self.seen: list[str] = []
+        self.state: str | None = None
         self.outcomes: list[dict[str, Any]] = []
 
     def submit(self, command: dict[str, Any]) -> None:
@@ -56,6 +55,29 @@ class CommandQueue:
             self.seen = [*self.seen, dedupe_key(command)][-REMEMBERED:]
             self.state = outcome.get("state") or self.state
             self.outcomes = [*self.outcomes, outcome][-20:]
+
+    def resume(self, carried: dict[str, Any] | None) -> None:
+        """Take over a previous run's state; signals that arrived before `run` stay queued."""
+        if not carried:
+            return
+        early = list(self.pending)
+        self.pending = deque(carried.get("pending", []))
+        self.seen = list(carried.get("seen", []))
+        self.state = carried.get("state")
+        for command in early:
+            self.submit(command)
+
+    async def serve(self, carried: dict[str, Any] | None, finished: frozenset[str]) -> str | None:
+        """Apply commands as they come until the state is one of `finished`; continue as new
+        when the history grows long."""
+        self.resume(carried)
+        while True:
+            await workflow.wait_condition(lambda: bool(self.pending))
+            await self.drain()
+            if self.state in finished:
+                return self.state
+            if self.should_continue_as_new():
+                workflow.continue_as_new(self.carry())
 
     def carry(self) -> dict[str, Any]:
         return {"pending": list(self.pending), "seen": self.seen, "state": self.state}

@@ -10,26 +10,17 @@ with workflow.unsafe.imports_passed_through():
     from domain.lifecycle import TERMINAL_STATES
     from workflows.command_queue import CommandQueue
 
+FINISHED = frozenset(state.value for state in TERMINAL_STATES)
+
 
 @workflow.defn(name="ExamWorkflow")
 class ExamWorkflow:
     def __init__(self) -> None:
-        self._queue = CommandQueue(None)
+        self._queue = CommandQueue()
 
     @workflow.run
-    async def run(self, carried: dict[str, Any] | None) -> str:
-        if carried:
-            pending = list(self._queue.pending)  # signals that arrived before run started
-            self._queue = CommandQueue(carried)
-            for command in pending:
-                self._queue.submit(command)
-        while True:
-            await workflow.wait_condition(lambda: bool(self._queue.pending))
-            await self._queue.drain()
-            if self._queue.state in TERMINAL_STATES:
-                return self._queue.state or ""
-            if CommandQueue.should_continue_as_new():
-                workflow.continue_as_new(self._queue.carry())
+    async def run(self, carried: dict[str, Any] | None) -> str | None:
+        return await self._queue.serve(carried, finished=FINISHED)
 
     @workflow.signal(name="submit")
     def submit(self, command: dict[str, Any]) -> None:

@@ -1,4 +1,7 @@
-"""PatientWorkflow: one per patient identity (`patient-<issuer>|<id>`), serialising ADT."""
+"""PatientWorkflow: one per patient identity (`patient-<issuer>|<id>`), serialising ADT.
+
+A patient never finishes: the workflow continues as new when its history grows long.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +16,11 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="PatientWorkflow")
 class PatientWorkflow:
     def __init__(self) -> None:
-        self._queue = CommandQueue(None)
+        self._queue = CommandQueue()
 
     @workflow.run
     async def run(self, carried: dict[str, Any] | None) -> None:
-        if carried:
-            pending = list(self._queue.pending)
-            self._queue = CommandQueue(carried)
-            for command in pending:
-                self._queue.submit(command)
-        while True:
-            await workflow.wait_condition(lambda: bool(self._queue.pending))
-            await self._queue.drain()
-            if CommandQueue.should_continue_as_new():
-                workflow.continue_as_new(self._queue.carry())
+        await self._queue.serve(carried, finished=frozenset())
 
     @workflow.signal(name="submit")
     def submit(self, command: dict[str, Any]) -> None:
