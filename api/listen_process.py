@@ -12,7 +12,7 @@ from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.temporal import connect
 from api.signals import run_until_signalled
-from interfaces.dicom.verification import start_verification_scp
+from interfaces.dicom.server import start_dicom_server
 from interfaces.hl7.listener import MllpListener
 from interfaces.hl7.relay import Relay
 
@@ -32,7 +32,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
     writer = MessageLogWriter(message_log)
     listener = MllpListener(settings, writer, on_accepted=wake_relay)
     await listener.start()
-    dicom = start_verification_scp(settings)
+    dicom = start_dicom_server(settings)
     relay_task: asyncio.Task[None] | None = None
     try:
         # the listener already ACKs; the relay joins when Temporal answers (or never, if
