@@ -8,8 +8,8 @@ or collides with them (and is then reloaded and found applied).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError
 from temporalio import activity
@@ -19,8 +19,11 @@ from adapters.message_log import MessageLog
 from domain.commands import (
     CancelOrder,
     Command,
+    CompleteProcedure,
+    DiscontinueProcedure,
     PlaceOrder,
     RegisterPatient,
+    StartProcedure,
     UpdatePatient,
     command_from_dict,
 )
@@ -32,6 +35,14 @@ log = logging.getLogger("radflow.apply")
 
 APPLIED, DUPLICATE, REFUSED = "applied", "duplicate", "refused"
 
+ExamCommand = PlaceOrder | CancelOrder | StartProcedure | CompleteProcedure | DiscontinueProcedure
+
+
+class OutcomeLog(Protocol):
+    """An inbound log that keeps what applying its rows did; each ignores ids not its own."""
+
+    def record_outcome(self, message_id: str, status: str, reason: str) -> None: ...
+
 
 class CommandActivities:
     def __init__(
@@ -39,9 +50,10 @@ class CommandActivities:
         store: EventStore,
         message_log: MessageLog | None,
         on_saved: Callable[[], None] = lambda: None,
+        other_logs: Sequence[OutcomeLog] = (),
     ) -> None:
         self._store = store
-        self._log = message_log
+        self._logs: list[OutcomeLog] = [*([message_log] if message_log is not None else []), *other_logs]
         self._on_saved = on_saved
 
     @activity.defn(name="apply_command")
@@ -54,8 +66,8 @@ class CommandActivities:
             except IntegrityError:  # a concurrent or earlier attempt stored this version
                 if attempt == 2:
                     raise
-        if self._log is not None:
-            self._log.record_outcome(
+        for outcome_log in self._logs:
+            outcome_log.record_outcome(
                 command.provenance.source.message_id, outcome["status"], outcome.get("reason", "")
             )
         if outcome["status"] == REFUSED:
@@ -66,13 +78,13 @@ class CommandActivities:
         return outcome
 
     def _apply(self, command: Command) -> dict[str, Any]:
-        if isinstance(command, (PlaceOrder, CancelOrder)):
+        if isinstance(command, (PlaceOrder, CancelOrder, StartProcedure, CompleteProcedure, DiscontinueProcedure)):
             return self._apply_to_exam(command)
         if isinstance(command, (RegisterPatient, UpdatePatient)):
             return self._apply_to_patient(command)
         raise TypeError(f"unknown command {type(command).__name__}")
 
-    def _apply_to_exam(self, command: PlaceOrder | CancelOrder) -> dict[str, Any]:
+    def _apply_to_exam(self, command: ExamCommand) -> dict[str, Any]:
         exam: Exam | None = self._store.get_or_none(exam_id(command.accession))
         if exam is not None and exam.has_applied(command.provenance):
             return {"status": DUPLICATE, "state": exam.state.value}
@@ -84,7 +96,7 @@ class CommandActivities:
             else:
                 if exam is None:
                     raise UnknownExam(command.accession)
-                exam.cancel(command.reason, command.provenance)
+                _perform(exam, command)
         except DomainError as refusal:
             state = exam.state.value if exam is not None else None
             return {"status": REFUSED, "state": state, "reason": str(refusal)}
@@ -104,3 +116,32 @@ class CommandActivities:
         self._store.save(patient)
         self._on_saved()
         return {"status": APPLIED, "state": "registered"}
+
+
+def _perform(exam: Exam, command: CancelOrder | StartProcedure | CompleteProcedure | DiscontinueProcedure) -> None:
+    """Call the exam's method for a command on an existing exam; the exam decides."""
+    match command:
+        case CancelOrder():
+            exam.cancel(command.reason, command.provenance)
+        case StartProcedure():
+            exam.start(
+                command.provenance,
+                mpps_uid=command.mpps_uid,
+                performed_station_ae=command.performed_station_ae,
+                procedure_step_id=command.procedure_step_id,
+                started_at=command.started_at,
+                modality=command.modality,
+                study_instance_uid=command.study_instance_uid,
+            )
+        case CompleteProcedure():
+            exam.complete(
+                command.provenance, mpps_uid=command.mpps_uid, ended_at=command.ended_at, series=command.series
+            )
+        case DiscontinueProcedure():
+            exam.discontinue(
+                command.reason,
+                command.provenance,
+                mpps_uid=command.mpps_uid,
+                ended_at=command.ended_at,
+                series=command.series,
+            )

@@ -195,7 +195,7 @@ class MessageLog:
 
     def unrelayed(self, limit: int = 200) -> list[dict[str, Any]]:
         rows = self.db.query(
-            "SELECT id, commands FROM hl7_messages "
+            "SELECT id, received_at, commands FROM hl7_messages "
             "WHERE status = 'accepted' AND relayed_at IS NULL ORDER BY id LIMIT ?",
             (limit,),
         )
@@ -236,6 +236,21 @@ class MessageLog:
     def count_by_status(self) -> dict[str, int]:
         rows = self.db.query("SELECT status, COUNT(*) AS n FROM hl7_messages GROUP BY status")
         return {row["status"]: int(row["n"]) for row in rows}
+
+
+def order_state(cur: Cursor, accession: str) -> str | None:
+    """What the log alone says of an accession, at once and without Temporal: "ordered",
+    "cancelled" (an accepted cancel the exam did not refuse) or None (never ordered)."""
+    rows = cur.execute(
+        "SELECT o.command_kind, m.applied_status FROM hl7_message_orders o "
+        "JOIN hl7_messages m ON m.id = o.message_id WHERE o.accession = ?",
+        (accession,),
+    ).fetchall()
+    if not any(row["command_kind"] == "place_order" for row in rows):
+        return None
+    if any(row["command_kind"] == "cancel_order" and row["applied_status"] != "refused" for row in rows):
+        return "cancelled"
+    return "ordered"
 
 
 class MessageLogWriter:

@@ -10,8 +10,10 @@ from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
 from adapters.event_store import EventStore, open_event_store
+from adapters.mpps_log import MppsLog
 from adapters.settings import Settings
 from adapters.sql import Database
+from api.reconciliation import reconciliation_router
 from domain.exam import exam_id
 from projections.runner import ProjectionRunner
 from projections.worklist import PRIORITY_RANK, WorklistProjection
@@ -49,6 +51,7 @@ def event_json(event: Any) -> dict[str, Any]:
         "recorded_at": event.timestamp.isoformat(),
         "actor": provenance.get("actor"),
         "source": provenance.get("source", {}),
+        "context": provenance.get("extra", {}),  # e.g. the reason a person gave for a link
         "schema_version": provenance.get("schema_version"),
         "data": attributes,
     }
@@ -73,6 +76,9 @@ def create_app(settings: Settings) -> FastAPI:
     projections_db = Database.for_file(settings, settings.projections_sqlite_path)
     worklist = ProjectionRunner(store, projections_db, WorklistProjection())
     worklist.create_schema()
+    mpps_log = MppsLog(Database.for_file(settings, settings.messages_sqlite_path))
+    mpps_log.create_schema()
+    app.include_router(reconciliation_router(mpps_log))
     temporal: dict[str, Client] = {}
 
     @app.get("/healthz", tags=["operations"])

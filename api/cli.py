@@ -85,6 +85,50 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(code == "AA" for code in codes) else 1
 
 
+def _reconcile_list(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.mpps_log import MppsLog
+    from adapters.sql import Database
+    from api.reconciliation import queue_entry_json
+
+    configure_logging("cli", "WARNING")
+    mpps_log = MppsLog(Database.for_file(settings, settings.messages_sqlite_path))
+    mpps_log.create_schema()
+    entries = [queue_entry_json(r) for r in mpps_log.reconciliation(include_linked=args.all)]
+    if args.json:
+        import json
+
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print("reconciliation queue is empty")
+        return 0
+    print(f"{'MPPS SOP INSTANCE UID':<64} {'STATUS':<12} {'AE':<16} {'QUEUED AT':<32} REASON / LINK")
+    for e in entries:
+        link = f" -> {e['linked']['accession']} by {e['linked']['by']}: {e['linked']['reason']}" if e["linked"] else ""
+        print(f"{e['sop_instance_uid']:<64} {e['status']:<12} {e['calling_ae']:<16} {e['queued_at']:<32} {e['reason']}{link}")
+    return 0
+
+
+def _reconcile_link(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.mpps_log import MppsLog
+    from adapters.sql import Database
+    from interfaces.dicom.mpps import LinkRefused, link
+
+    configure_logging("cli", "WARNING")
+    if not args.reason.strip():
+        print("radflow reconcile link: --reason must not be blank", file=sys.stderr)
+        return 2
+    mpps_log = MppsLog(Database.for_file(settings, settings.messages_sqlite_path))
+    mpps_log.create_schema()
+    try:
+        rows = link(mpps_log, args.uid, args.accession, args.reason.strip(), args.user)
+    except LinkRefused as refused:
+        print(f"radflow reconcile link: {refused}", file=sys.stderr)
+        return 1
+    print(f"linked {args.uid} to exam {args.accession} (outbox rows {', '.join(f'mpps:{r}' for r in rows)})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="radflow",
@@ -101,6 +145,19 @@ def parser() -> argparse.ArgumentParser:
     rebuild = p_sub.add_parser("rebuild", help="drop a projection and replay the event store into it")
     rebuild.add_argument("name", choices=[*PROJECTIONS, "all"])
     rebuild.set_defaults(run=_rebuild)
+
+    reconcile = commands.add_parser("reconcile", help="MPPS no exam could take: list them, link one to an exam")
+    r_sub = reconcile.add_subparsers(dest="action", required=True, metavar="ACTION")
+    r_list = r_sub.add_parser("list", help="list the MPPS reconciliation queue")
+    r_list.add_argument("--all", action="store_true", help="include steps already linked")
+    r_list.add_argument("--json", action="store_true", help="print JSON, as GET /api/reconciliation/mpps does")
+    r_list.set_defaults(run=_reconcile_list)
+    r_link = r_sub.add_parser("link", help="link a queued MPPS to an exam, with a reason")
+    r_link.add_argument("uid", help="MPPS SOP instance UID")
+    r_link.add_argument("accession")
+    r_link.add_argument("--reason", required=True, help="why this step belongs to this exam")
+    r_link.add_argument("--user", default="cli")
+    r_link.set_defaults(run=_reconcile_link)
 
     hl7 = commands.add_parser("hl7", help="HL7 tools")
     h_sub = hl7.add_subparsers(dest="action", required=True, metavar="ACTION")

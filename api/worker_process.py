@@ -13,6 +13,7 @@ from temporalio.worker import Worker
 from activities.apply_command import CommandActivities
 from adapters.event_store import open_event_store
 from adapters.message_log import MessageLog
+from adapters.mpps_log import MppsLog
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.temporal import connect
@@ -55,7 +56,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         for runner in runners:
             runner.wake()
 
-    activities = CommandActivities(store, message_log(settings), on_saved=wake_projections)
+    messages = message_log(settings)
+    mpps_log = MppsLog(messages.db)
+    mpps_log.create_schema()
+    activities = CommandActivities(store, messages, on_saved=wake_projections, other_logs=[mpps_log])
     client = await connect(settings)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity") as executor:
         worker = Worker(

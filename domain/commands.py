@@ -6,6 +6,7 @@ so every field is a JSON scalar.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -62,6 +63,62 @@ class CancelOrder(Command):
 
 
 @dataclass(frozen=True)
+class ReferencedInstance:
+    """One image or other composite instance a modality says it produced (MPPS PS3.4 F.7)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class PerformedSeries:
+    """One item of the MPPS Performed Series Sequence: what study completeness is checked against."""
+
+    series_instance_uid: str
+    description: str = ""
+    protocol_name: str = ""
+    retrieve_ae_title: str = ""
+    instances: tuple[ReferencedInstance, ...] = ()
+
+
+@dataclass(frozen=True)
+class StartProcedure(Command):
+    """MPPS N-CREATE (IN PROGRESS): the modality began the requested procedure."""
+
+    kind: ClassVar[str] = "start_procedure"
+    accession: str
+    mpps_uid: str
+    performed_station_ae: str = ""
+    procedure_step_id: str = ""
+    started_at: str = ""  # ISO 8601 from Performed Procedure Step Start Date/Time
+    modality: str = ""
+    study_instance_uid: str = ""
+
+
+@dataclass(frozen=True)
+class CompleteProcedure(Command):
+    """MPPS N-SET COMPLETED: the procedure ended and these series were acquired."""
+
+    kind: ClassVar[str] = "complete_procedure"
+    accession: str
+    mpps_uid: str
+    ended_at: str = ""
+    series: tuple[PerformedSeries, ...] = ()
+
+
+@dataclass(frozen=True)
+class DiscontinueProcedure(Command):
+    """MPPS N-SET DISCONTINUED: the procedure stopped early; what was acquired is kept."""
+
+    kind: ClassVar[str] = "discontinue_procedure"
+    accession: str
+    mpps_uid: str
+    ended_at: str = ""
+    series: tuple[PerformedSeries, ...] = ()
+    reason: str = ""  # Discontinuation Reason Code Sequence, as "code^meaning^scheme"
+
+
+@dataclass(frozen=True)
 class RegisterPatient(Command):
     kind: ClassVar[str] = "register_patient"
     patient: PatientDemographics
@@ -75,10 +132,11 @@ class UpdatePatient(Command):
     patient_class: str = ""
 
 
+PROCEDURE_COMMANDS = (StartProcedure, CompleteProcedure, DiscontinueProcedure)
 COMMANDS: dict[str, type[Command]] = {
-    c.kind: c for c in (PlaceOrder, CancelOrder, RegisterPatient, UpdatePatient)
+    c.kind: c for c in (PlaceOrder, CancelOrder, RegisterPatient, UpdatePatient, *PROCEDURE_COMMANDS)
 }
-EXAM_COMMANDS = frozenset({PlaceOrder.kind, CancelOrder.kind})
+EXAM_COMMANDS = frozenset({PlaceOrder.kind, CancelOrder.kind, *(c.kind for c in PROCEDURE_COMMANDS)})
 
 
 def command_from_dict(data: dict[str, Any]) -> Command:
@@ -92,13 +150,33 @@ def command_from_dict(data: dict[str, Any]) -> Command:
             value = Provenance.from_dict(value)
         elif f.name == "patient":
             value = PatientDemographics(**value)
+        elif f.name == "series":
+            value = series_from_dicts(value)
         values[f.name] = value
     return cls(**values)
 
 
+def series_from_dicts(items: list[dict[str, Any]] | tuple[Any, ...]) -> tuple[PerformedSeries, ...]:
+    """Series as they come back from JSON (lists of dicts) or as stored in an event."""
+    return tuple(
+        PerformedSeries(
+            **{
+                **item,
+                "instances": tuple(ReferencedInstance(**i) for i in item.get("instances", ())),
+            }
+        )
+        for item in items
+    )
+
+
+def series_as_dicts(series: Sequence[PerformedSeries]) -> list[dict[str, Any]]:
+    """Series as JSON-shaped lists and dicts, the form events and the wire carry them in."""
+    return [{**asdict(s), "instances": [asdict(i) for i in s.instances]} for s in series]
+
+
 def workflow_id_for(command: Command) -> str:
     """One workflow per exam (`exam-<accession>`) and one per patient identity."""
-    if isinstance(command, (PlaceOrder, CancelOrder)):
+    if isinstance(command, (PlaceOrder, CancelOrder, *PROCEDURE_COMMANDS)):
         return f"exam-{command.accession}"
     if isinstance(command, (RegisterPatient, UpdatePatient)):
         return f"patient-{command.patient.key}"

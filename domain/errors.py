@@ -29,3 +29,17 @@ class UnknownPatient(DomainError):
     def __init__(self, patient_key: str) -> None:
         super().__init__(f"patient {patient_key}: not registered")
         self.patient_key = patient_key
+
+
+class ForeignProcedureStep(DomainError):
+    """An MPPS tried to end an exam that another MPPS started: the modality's two steps
+    disagree about which procedure they perform, and a person has to decide."""
+
+    def __init__(self, accession: str, mpps_uid: str, started_by: str) -> None:
+        super().__init__(
+            f"exam {accession}: performed procedure step {mpps_uid} did not start it "
+            f"(started by {started_by})"
+        )
+        self.accession = accession
+        self.mpps_uid = mpps_uid
+        self.started_by = started_by

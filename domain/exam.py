@@ -6,22 +6,31 @@ change state, because they also run when the exam is rebuilt from the store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.commands import PlaceOrder
-from domain.errors import IllegalTransition
+from domain.commands import PerformedSeries, PlaceOrder, series_as_dicts
+from domain.errors import ForeignProcedureStep, IllegalTransition
 from domain.lifecycle import TERMINAL_STATES, ExamAction, ExamState, next_state
 from domain.provenance import Provenance
 
 EXAM_NAMESPACE = uuid5(NAMESPACE_URL, "urn:radflow:exam")
+STUDY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:radflow:study")
 
 
 def exam_id(accession: str) -> UUID:
     """Deterministic, so that a retried 'create' collides instead of creating a twin."""
     return uuid5(EXAM_NAMESPACE, accession)
+
+
+def study_instance_uid(accession: str) -> str:
+    """The Study Instance UID radflow assigns when the order carries none: derived from the
+    accession (a UUID-based "2.25." UID, PS3.5 B.2), so every replay, retry or second listener
+    hands the modality the same study."""
+    return f"2.25.{uuid5(STUDY_NAMESPACE, accession).int}"
 
 
 class Exam(Aggregate):
@@ -41,6 +50,8 @@ class Exam(Aggregate):
         order = command.as_dict()
         for key in ("kind", "provenance", "accession"):
             order.pop(key)
+        if not order["study_instance_uid"]:
+            order["study_instance_uid"] = study_instance_uid(command.accession)
         return cls(
             accession=command.accession, order=order, provenance=command.provenance.as_dict()
         )
@@ -66,17 +77,71 @@ class Exam(Aggregate):
         self._check(ExamAction.SCHEDULE)
         self._scheduled(scheduled_at=scheduled_at, provenance=provenance.as_dict())
 
-    def start(self, provenance: Provenance) -> None:
+    def start(
+        self,
+        provenance: Provenance,
+        *,
+        mpps_uid: str = "",
+        performed_station_ae: str = "",
+        procedure_step_id: str = "",
+        started_at: str = "",
+        modality: str = "",
+        study_instance_uid: str = "",
+    ) -> None:
+        """The modality began the procedure (MPPS IN PROGRESS); the step's identity is kept so
+        that only the same step can end it."""
         self._check(ExamAction.START)
-        self._started(provenance=provenance.as_dict())
+        self._started(
+            provenance=provenance.as_dict(),
+            mpps_uid=mpps_uid,
+            performed_station_ae=performed_station_ae,
+            procedure_step_id=procedure_step_id,
+            started_at=started_at,
+            modality=modality,
+            study_instance_uid=study_instance_uid,
+        )
 
-    def complete(self, provenance: Provenance) -> None:
+    def complete(
+        self,
+        provenance: Provenance,
+        *,
+        mpps_uid: str = "",
+        ended_at: str = "",
+        series: Sequence[PerformedSeries] = (),
+    ) -> None:
         self._check(ExamAction.COMPLETE)
-        self._completed(provenance=provenance.as_dict())
+        self._check_same_step(mpps_uid)
+        self._completed(
+            provenance=provenance.as_dict(),
+            mpps_uid=mpps_uid,
+            ended_at=ended_at,
+            series=series_as_dicts(series),
+        )
 
-    def discontinue(self, reason: str, provenance: Provenance) -> None:
+    def discontinue(
+        self,
+        reason: str,
+        provenance: Provenance,
+        *,
+        mpps_uid: str = "",
+        ended_at: str = "",
+        series: Sequence[PerformedSeries] = (),
+    ) -> None:
         self._check(ExamAction.DISCONTINUE)
-        self._discontinued(reason=reason, provenance=provenance.as_dict())
+        self._check_same_step(mpps_uid)
+        self._discontinued(
+            reason=reason,
+            provenance=provenance.as_dict(),
+            mpps_uid=mpps_uid,
+            ended_at=ended_at,
+            series=series_as_dicts(series),
+        )
+
+    def _check_same_step(self, mpps_uid: str) -> None:
+        # a step that did not start the exam must not end it; either side without a step
+        # (an exam started or ended by a person) cannot disagree
+        if mpps_uid and self.mpps_uid and mpps_uid != self.mpps_uid:
+            raise ForeignProcedureStep(self.accession, mpps_uid, self.mpps_uid)
 
     def report(self, provenance: Provenance) -> None:
         self._check(ExamAction.REPORT)
@@ -101,16 +166,82 @@ class Exam(Aggregate):
         self.order = {**self.order, "scheduled_at": scheduled_at}
         self._moved(ExamAction.SCHEDULE, provenance)
 
-    @event("ExamStarted")
-    def _started(self, provenance: dict[str, Any]) -> None:
+    # Version 1 of these three events carried only the provenance (and the reason); version 2
+    # adds what the MPPS said. The upcasters let exams stored before MPPS existed load.
+
+    class ExamStarted(Aggregate.Event):
+        class_version = 2
+        provenance: dict[str, Any]
+        mpps_uid: str
+        performed_station_ae: str
+        procedure_step_id: str
+        started_at: str
+        modality: str
+        study_instance_uid: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            for key in ("mpps_uid", "performed_station_ae", "procedure_step_id", "started_at", "modality", "study_instance_uid"):
+                state.setdefault(key, "")
+
+    class ExamCompleted(Aggregate.Event):
+        class_version = 2
+        provenance: dict[str, Any]
+        mpps_uid: str
+        ended_at: str
+        series: list[dict[str, Any]]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("mpps_uid", "")
+            state.setdefault("ended_at", "")
+            state.setdefault("series", [])
+
+    class ExamDiscontinued(Aggregate.Event):
+        class_version = 2
+        reason: str
+        provenance: dict[str, Any]
+        mpps_uid: str
+        ended_at: str
+        series: list[dict[str, Any]]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("mpps_uid", "")
+            state.setdefault("ended_at", "")
+            state.setdefault("series", [])
+
+    mpps_uid = ""  # the performed procedure step that started the exam, once one has
+
+    @event(ExamStarted)
+    def _started(
+        self,
+        provenance: dict[str, Any],
+        mpps_uid: str,
+        performed_station_ae: str,
+        procedure_step_id: str,
+        started_at: str,
+        modality: str,
+        study_instance_uid: str,
+    ) -> None:
+        self.mpps_uid = mpps_uid
         self._moved(ExamAction.START, provenance)
 
-    @event("ExamCompleted")
-    def _completed(self, provenance: dict[str, Any]) -> None:
+    @event(ExamCompleted)
+    def _completed(
+        self, provenance: dict[str, Any], mpps_uid: str, ended_at: str, series: list[dict[str, Any]]
+    ) -> None:
         self._moved(ExamAction.COMPLETE, provenance)
 
-    @event("ExamDiscontinued")
-    def _discontinued(self, reason: str, provenance: dict[str, Any]) -> None:
+    @event(ExamDiscontinued)
+    def _discontinued(
+        self,
+        reason: str,
+        provenance: dict[str, Any],
+        mpps_uid: str,
+        ended_at: str,
+        series: list[dict[str, Any]],
+    ) -> None:
         self._moved(ExamAction.DISCONTINUE, provenance)
 
     @event("ExamReported")

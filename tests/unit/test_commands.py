@@ -9,8 +9,13 @@ import pytest
 from domain.commands import (
     CancelOrder,
     Command,
+    CompleteProcedure,
+    DiscontinueProcedure,
     PatientDemographics,
+    PerformedSeries,
+    ReferencedInstance,
     RegisterPatient,
+    StartProcedure,
     UpdatePatient,
     command_from_dict,
     workflow_id_for,
@@ -25,9 +30,19 @@ COMMANDS: list[Command] = [
     RegisterPatient(provenance=provenance(), patient=PATIENT, patient_class="I"),
     UpdatePatient(provenance=provenance(message_id="hl7:3"), patient=PATIENT),
 ]
+SERIES = (
+    PerformedSeries("1.2.3", "axial", "HEAD", "RADFLOW", (ReferencedInstance("1.2.840.10008.5.1.4.1.1.2", "1.2.3.1"),)),
+    PerformedSeries("1.2.4"),
+)
+MPPS = provenance(kind="dicom", actor="CT01", message_id="mpps:9")
+PROCEDURE_COMMANDS: list[Command] = [
+    StartProcedure(provenance=MPPS, accession="ACC-1", mpps_uid="1.2.9", performed_station_ae="CT01", started_at="2024-03-16T09:00:00"),
+    CompleteProcedure(provenance=MPPS, accession="ACC-1", mpps_uid="1.2.9", ended_at="2024-03-16T09:30:00", series=SERIES),
+    DiscontinueProcedure(provenance=MPPS, accession="ACC-1", mpps_uid="1.2.9", series=SERIES[:1], reason="110526^Resource failure^DCM"),
+]
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.kind)
+@pytest.mark.parametrize("command", [*COMMANDS, *PROCEDURE_COMMANDS], ids=lambda c: c.kind)
 def test_a_command_survives_a_trip_through_json(command: Command) -> None:
     assert command_from_dict(json.loads(json.dumps(command.as_dict()))) == command
 
@@ -39,6 +54,17 @@ def test_a_command_survives_a_trip_through_json(command: Command) -> None:
 )
 def test_each_exam_has_one_workflow_and_each_patient_identity_another(command: Command, workflow_id: str) -> None:
     assert workflow_id_for(command) == workflow_id
+
+
+@pytest.mark.parametrize("command", PROCEDURE_COMMANDS, ids=lambda c: c.kind)
+def test_every_mpps_command_goes_to_the_workflow_of_its_exam(command: Command) -> None:
+    assert workflow_id_for(command) == "exam-ACC-1"
+
+
+def test_referenced_series_travel_as_plain_lists_and_dicts() -> None:
+    data = json.loads(json.dumps(PROCEDURE_COMMANDS[1].as_dict()))
+    assert data["series"][0]["instances"] == [{"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": "1.2.3.1"}]
+    assert data["series"][1] == {"series_instance_uid": "1.2.4", "description": "", "protocol_name": "", "retrieve_ae_title": "", "instances": []}
 
 
 def test_a_provenance_without_schema_version_or_extra_reads_as_the_current_schema() -> None:
