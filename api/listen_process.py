@@ -8,11 +8,14 @@ import contextlib
 import logging
 
 from adapters.message_log import MessageLog, MessageLogWriter
+from adapters.mpps_log import MppsLog
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.temporal import connect
 from api.signals import run_until_signalled
+from interfaces.dicom.mpps import mpps_service
 from interfaces.dicom.server import start_dicom_server
+from interfaces.dicom.worklist import modality_worklist_service
 from interfaces.hl7.listener import MllpListener
 from interfaces.hl7.relay import Relay
 
@@ -22,6 +25,8 @@ log = logging.getLogger("radflow.listen")
 async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
     message_log = MessageLog(Database.for_file(settings, settings.messages_sqlite_path))
     message_log.create_schema()
+    mpps_log = MppsLog(message_log.db)
+    mpps_log.create_schema()
     loop = asyncio.get_running_loop()
     relay: Relay | None = None
 
@@ -32,7 +37,9 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
     writer = MessageLogWriter(message_log)
     listener = MllpListener(settings, writer, on_accepted=wake_relay)
     await listener.start()
-    dicom = start_dicom_server(settings)
+    dicom = start_dicom_server(
+        settings, [modality_worklist_service(settings), mpps_service(mpps_log, on_accepted=wake_relay)]
+    )
     relay_task: asyncio.Task[None] | None = None
     try:
         # the listener already ACKs; the relay joins when Temporal answers (or never, if
@@ -41,7 +48,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if connecting.done() and not stop.is_set():
-            relay = Relay(message_log, connecting.result(), settings.task_queue)
+            relay = Relay([message_log, mpps_log], connecting.result(), settings.task_queue)
             relay_task = asyncio.create_task(relay.run_forever())
             wake_relay()
             await stopping

@@ -25,10 +25,16 @@ TRACKING_SCHEMA = [
         name TEXT PRIMARY KEY,
         position BIGINT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS projection_schema (
+        name TEXT PRIMARY KEY,
+        version BIGINT NOT NULL
+    )""",
 ]
 
 
 class Projection(Protocol):
+    """`schema_version` (optional, default 1) is raised whenever `schema` changes shape."""
+
     name: str
     schema: Sequence[str]
     tables: Sequence[str]
@@ -49,7 +55,28 @@ class ProjectionRunner:
         self._stop = threading.Event()
 
     def create_schema(self) -> None:
-        self.db.executescript([*TRACKING_SCHEMA, *self.projection.schema])
+        """Create the tables. When the projection's schema version differs from the one
+        recorded (or none was recorded, as in files older than versioning), drop its tables and
+        position first, so that catch-up rebuilds it from the store: a new column needs values
+        for the events already projected, which `ALTER TABLE ... ADD COLUMN` cannot give."""
+        name = self.projection.name
+        version = int(getattr(self.projection, "schema_version", 1))
+        with self.db.transaction() as cur:
+            if self.db.dialect == "postgres":
+                # API and worker both start here; SQLite is serialised by BEGIN IMMEDIATE
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"schema:{name}",))
+            for statement in TRACKING_SCHEMA:
+                cur.execute(statement)
+            row = cur.execute("SELECT version FROM projection_schema WHERE name = ?", (name,)).fetchone()
+            if row is None or int(row["version"]) != version:
+                for table in self.projection.tables:
+                    cur.execute(f"DROP TABLE IF EXISTS {table}")
+                cur.execute("DELETE FROM projection_tracking WHERE name = ?", (name,))
+                cur.execute("DELETE FROM projection_schema WHERE name = ?", (name,))
+                cur.execute("INSERT INTO projection_schema (name, version) VALUES (?, ?)", (name, version))
+                log.info("projection schema (re)created", extra={"projection": name, "version": version})
+            for statement in self.projection.schema:
+                cur.execute(statement)
 
     def position(self) -> int:
         rows = self.db.query(

@@ -1,11 +1,14 @@
-"""The worklist: one row per exam, what schedulers, technologists and the API list and filter."""
+"""The worklist: one row per exam, what schedulers, technologists, the API and the DICOM
+Modality Worklist list and filter."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from adapters.sql import Cursor
+from domain.exam import study_instance_uid
 from domain.patient import patient_id
 
 SCHEMA = [
@@ -27,9 +30,17 @@ SCHEMA = [
         placer_order_number TEXT NOT NULL,
         filler_order_number TEXT NOT NULL,
         ordered_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
+        updated_at TEXT NOT NULL,
+        patient_birth_date TEXT NOT NULL,
+        patient_sex TEXT NOT NULL,
+        referring_physician TEXT NOT NULL,
+        scheduled_date TEXT,
+        scheduled_time TEXT,
+        scheduled_procedure_step_id TEXT NOT NULL,
+        scheduled_station_ae TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS worklist_state ON worklist (state, modality)",
+    "CREATE INDEX IF NOT EXISTS worklist_scheduled ON worklist (state, scheduled_date)",
     "CREATE INDEX IF NOT EXISTS worklist_patient ON worklist (patient_id, patient_issuer)",
     "CREATE UNIQUE INDEX IF NOT EXISTS worklist_exam_id ON worklist (exam_id)",
     "CREATE INDEX IF NOT EXISTS worklist_patient_ref ON worklist (patient_ref)",
@@ -46,8 +57,23 @@ STATE_AFTER = {
 PRIORITY_RANK = "CASE priority WHEN 'STAT' THEN 0 WHEN 'ASAP' THEN 1 ELSE 2 END"
 
 
+def dicom_date_time(scheduled_at: str | None) -> tuple[str | None, str | None]:
+    """ISO 8601 as DICOM DA and TM (YYYYMMDD, HHMMSS), so that date and time ranges of a
+    worklist query compare as plain strings in SQL. The wall-clock time is kept as the order
+    gave it: DA/TM carry no offset."""
+    if not scheduled_at:
+        return None, None
+    try:
+        moment = datetime.fromisoformat(scheduled_at)
+    except ValueError:
+        return None, None
+    return moment.strftime("%Y%m%d"), moment.strftime("%H%M%S")
+
+
 class WorklistProjection:
     name = "worklist"
+    # 2: patient birth date/sex, referring physician, DA/TM schedule, SPS id, station AE (MWL)
+    schema_version = 2
     schema: Sequence[str] = SCHEMA
     tables: Sequence[str] = ("worklist",)
 
@@ -56,12 +82,16 @@ class WorklistProjection:
         recorded_at = event.timestamp.isoformat()
         if kind == "ExamOrdered":
             order, patient = event.order, event.order["patient"]
+            scheduled_date, scheduled_time = dicom_date_time(order["scheduled_at"])
             cur.execute(
                 "INSERT INTO worklist (accession, exam_id, patient_ref, patient_id, "
                 "patient_issuer, patient_name, procedure_code, procedure_text, modality, "
                 "priority, state, scheduled_at, requested_procedure_id, study_instance_uid, "
-                "placer_order_number, filler_order_number, ordered_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ordered', ?, ?, ?, ?, ?, ?, ?)",
+                "placer_order_number, filler_order_number, ordered_at, updated_at, "
+                "patient_birth_date, patient_sex, referring_physician, scheduled_date, "
+                "scheduled_time, scheduled_procedure_step_id, scheduled_station_ae) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ordered', ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.accession,
                     str(event.originator_id),
@@ -75,18 +105,34 @@ class WorklistProjection:
                     order["priority"],
                     order["scheduled_at"] or None,
                     order["requested_procedure_id"],
-                    order["study_instance_uid"],
+                    # orders recorded before radflow assigned UIDs get the same derived one
+                    order["study_instance_uid"] or study_instance_uid(event.accession),
                     order["placer_order_number"],
                     order["filler_order_number"],
                     recorded_at,
                     recorded_at,
+                    patient.get("birth_date", ""),
+                    patient.get("sex", ""),
+                    order.get("referring_physician", ""),
+                    scheduled_date,
+                    scheduled_time,
+                    # one requested procedure, one step: the step borrows the procedure's id
+                    order["requested_procedure_id"] or event.accession,
+                    "",  # radflow assigns no stations yet: modalities find steps by modality and date
                 ),
             )
         elif kind == "ExamScheduled":
+            scheduled_date, scheduled_time = dicom_date_time(event.scheduled_at)
             cur.execute(
-                "UPDATE worklist SET state = 'scheduled', scheduled_at = ?, updated_at = ? "
-                "WHERE exam_id = ?",
-                (event.scheduled_at or None, recorded_at, str(event.originator_id)),
+                "UPDATE worklist SET state = 'scheduled', scheduled_at = ?, scheduled_date = ?, "
+                "scheduled_time = ?, updated_at = ? WHERE exam_id = ?",
+                (
+                    event.scheduled_at or None,
+                    scheduled_date,
+                    scheduled_time,
+                    recorded_at,
+                    str(event.originator_id),
+                ),
             )
         elif kind in STATE_AFTER:
             cur.execute(
@@ -95,8 +141,11 @@ class WorklistProjection:
             )
         elif kind in ("PatientRegistered", "PatientUpdated"):
             changes = event.demographics if kind == "PatientRegistered" else event.changes
-            if changes.get("name"):
+            columns = {"name": "patient_name", "birth_date": "patient_birth_date", "sex": "patient_sex"}
+            updates = [(column, changes[key]) for key, column in columns.items() if changes.get(key)]
+            if updates:
+                assignments = ", ".join(f"{column} = ?" for column, _ in updates)
                 cur.execute(
-                    "UPDATE worklist SET patient_name = ?, updated_at = ? WHERE patient_ref = ?",
-                    (changes["name"], recorded_at, str(event.originator_id)),
+                    f"UPDATE worklist SET {assignments}, updated_at = ? WHERE patient_ref = ?",
+                    (*(value for _, value in updates), recorded_at, str(event.originator_id)),
                 )
