@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from adapters.outbox import OutboxTable
 from adapters.sql import Cursor, Database
 
 SCHEMA = [
@@ -91,7 +92,10 @@ class Recorded:
     reason: str = ""
 
 
-class MessageLog:
+class MessageLog(OutboxTable):
+    outbox_table = "hl7_messages"
+    outbox_ready = "status = 'accepted'"
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -190,32 +194,6 @@ class MessageLog:
         ).fetchone()
         assert row is not None  # RETURNING always yields the new row
         return int(row["id"])
-
-    # --- the relay's side -------------------------------------------------------------------
-
-    def unrelayed(self, limit: int = 200) -> list[dict[str, Any]]:
-        rows = self.db.query(
-            "SELECT id, received_at, commands FROM hl7_messages "
-            "WHERE status = 'accepted' AND relayed_at IS NULL ORDER BY id LIMIT ?",
-            (limit,),
-        )
-        for row in rows:
-            row["commands"] = json.loads(row["commands"])
-        return rows
-
-    def mark_relayed(self, ids: list[int]) -> None:
-        if not ids:
-            return
-        now = utcnow()
-        with self.db.transaction() as cur:
-            for row_id in ids:
-                cur.execute(
-                    "UPDATE hl7_messages SET relayed_at = ?, relay_error = NULL WHERE id = ?",
-                    (now, row_id),
-                )
-
-    def mark_relay_failed(self, row_id: int, error: str) -> None:
-        self.db.execute("UPDATE hl7_messages SET relay_error = ? WHERE id = ?", (error, row_id))
 
     # --- the workflow's side ----------------------------------------------------------------
 

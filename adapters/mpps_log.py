@@ -17,6 +17,7 @@ from typing import Any
 
 from adapters import message_log
 from adapters.message_log import order_state, utcnow
+from adapters.outbox import OutboxTable
 from adapters.sql import Cursor, Database
 
 SCHEMA = [
@@ -219,7 +220,10 @@ class MppsRecords:
         return [int(row["id"]) for row in rows]
 
 
-class MppsLog:
+class MppsLog(OutboxTable):
+    outbox_table = "mpps_messages"
+    outbox_ready = "commands IS NOT NULL"
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -236,31 +240,6 @@ class MppsLog:
                 # once; MPPS traffic is a few messages per procedure, so one lock is enough
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("radflow-mpps",))
             yield MppsRecords(cur)
-
-    # --- the relay's side -------------------------------------------------------------------
-
-    def unrelayed(self, limit: int = 200) -> list[dict[str, Any]]:
-        rows = self.db.query(
-            "SELECT id, received_at, commands FROM mpps_messages "
-            "WHERE commands IS NOT NULL AND relayed_at IS NULL ORDER BY id LIMIT ?",
-            (limit,),
-        )
-        for row in rows:
-            row["commands"] = json.loads(row["commands"])
-        return rows
-
-    def mark_relayed(self, ids: list[int]) -> None:
-        if not ids:
-            return
-        now = utcnow()
-        with self.db.transaction() as cur:
-            for row_id in ids:
-                cur.execute(
-                    "UPDATE mpps_messages SET relayed_at = ?, relay_error = NULL WHERE id = ?", (now, row_id)
-                )
-
-    def mark_relay_failed(self, row_id: int, error: str) -> None:
-        self.db.execute("UPDATE mpps_messages SET relay_error = ? WHERE id = ?", (error, row_id))
 
     # --- the workflow's side ----------------------------------------------------------------
 
