@@ -19,10 +19,7 @@ class EventStore(Application[UUID]):
     name = "radflow"
 
     def events_of(self, originator_id: UUID) -> list[DomainEventProtocol[UUID]]:
-        return [
-            self.mapper.to_domain_event(stored)
-            for stored in self.recorder.select_events(originator_id)
-        ]
+        return [self.mapper.to_domain_event(stored) for stored in self.recorder.select_events(originator_id)]
 
     def get_or_none(self, aggregate_id: UUID) -> Any:
         try:

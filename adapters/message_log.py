@@ -128,8 +128,7 @@ class MessageLog(OutboxTable):
             command["provenance"]["source"]["message_id"] = f"hl7:{row_id}"
             if "accession" in command:
                 cur.execute(
-                    "INSERT INTO hl7_message_orders (message_id, accession, command_kind) "
-                    "VALUES (?, ?, ?)",
+                    "INSERT INTO hl7_message_orders (message_id, accession, command_kind) VALUES (?, ?, ?)",
                     (row_id, command["accession"], command["kind"]),
                 )
         cur.execute(
@@ -202,8 +201,7 @@ class MessageLog(OutboxTable):
         if not message_id.startswith("hl7:"):
             return
         self.db.execute(
-            "UPDATE hl7_messages SET applied_status = ?, applied_reason = ?, applied_at = ? "
-            "WHERE id = ?",
+            "UPDATE hl7_messages SET applied_status = ?, applied_reason = ?, applied_at = ? WHERE id = ?",
             (status, reason or None, utcnow(), int(message_id.removeprefix("hl7:"))),
         )
 

@@ -107,7 +107,9 @@ class MppsRecords:
         self.cur = cur
 
     def step(self, sop_instance_uid: str) -> StoredStep | None:
-        row = self.cur.execute("SELECT * FROM mpps WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        row = self.cur.execute(
+            "SELECT * FROM mpps WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
         if row is None:
             return None
         return StoredStep(
@@ -181,7 +183,9 @@ class MppsRecords:
             ),
         )
 
-    def update_step(self, sop_instance_uid: str, status: str, step: dict[str, Any], at: str, row_id: int) -> None:
+    def update_step(
+        self, sop_instance_uid: str, status: str, step: dict[str, Any], at: str, row_id: int
+    ) -> None:
         self.cur.execute(
             "UPDATE mpps SET status = ?, step = ?, updated_at = ?, last_message_id = ? "
             "WHERE sop_instance_uid = ?",
@@ -210,7 +214,9 @@ class MppsRecords:
             "linked_by = ? WHERE sop_instance_uid = ?",
             (at, accession, reason, user, sop_instance_uid),
         )
-        self.cur.execute("UPDATE mpps SET accession = ? WHERE sop_instance_uid = ?", (accession, sop_instance_uid))
+        self.cur.execute(
+            "UPDATE mpps SET accession = ? WHERE sop_instance_uid = ?", (accession, sop_instance_uid)
+        )
 
     def message_ids(self, sop_instance_uid: str) -> list[int]:
         rows = self.cur.execute(
@@ -261,7 +267,9 @@ class MppsLog(OutboxTable):
             ).fetchone()
             if row is None:
                 return
-            records.queue(row["sop_instance_uid"], f"refused by the exam: {reason}", row["accession"] or "", utcnow())
+            records.queue(
+                row["sop_instance_uid"], f"refused by the exam: {reason}", row["accession"] or "", utcnow()
+            )
 
     # --- reading ----------------------------------------------------------------------------
 

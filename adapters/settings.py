@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field
@@ -27,6 +28,12 @@ class Settings(BaseSettings):
     mllp_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     mllp_read_timeout_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
+    dicom_config: Path | None = None  # YAML: peers and allowed calling AEs (adapters/dicom_config)
+    dicom_peers: str = ""  # "AET=host:port,AET2=host:port": C-MOVE destinations
+    dicom_duplicates: Literal["keep", "replace", "reject"] = "keep"  # a SOP instance stored twice
+    # how long a completed exam waits for the instances its MPPS referenced before saying
+    # which are missing
+    images_timeout_s: float = Field(default=900.0, gt=0)
 
     @property
     def uses_postgres(self) -> bool:
@@ -49,6 +56,11 @@ class Settings(BaseSettings):
     @property
     def projections_sqlite_path(self) -> Path:
         return self.sqlite_dir / "projections.sqlite"
+
+    @property
+    def dicom_storage_dir(self) -> Path:
+        """DICOM files, as received: <study>/<series>/<instance>.dcm."""
+        return self.data_dir.resolve() / "dicom"
 
     @property
     def temporal_target(self) -> str:

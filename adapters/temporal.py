@@ -22,6 +22,9 @@ async def connect(settings: Settings, *, wait_s: float = 60.0) -> Client:
         except Exception as error:
             if asyncio.get_running_loop().time() > deadline:
                 raise
-            log.info("temporal not reachable yet", extra={"target": settings.temporal_target, "error": str(error)[:200]})
+            log.info(
+                "temporal not reachable yet",
+                extra={"target": settings.temporal_target, "error": str(error)[:200]},
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -132,11 +132,68 @@ class UpdatePatient(Command):
     patient_class: str = ""
 
 
+@dataclass(frozen=True)
+class StoreInstances(Command):
+    """One batch of stored DICOM instances of one study (one association's worth, or what a
+    long association held when it was flushed). `accession` names the exam the storage SCP
+    matched the study to; empty when the study waits for reconciliation.
+
+    `study`: patient and study attributes (patient_id, patient_name, patient_birth_date,
+    patient_sex, accession_number, study_id, study_date, study_time, study_description,
+    referring_physician). `series`: one dict per series (series_instance_uid, modality,
+    series_number, series_description, body_part, instances: [{sop_instance_uid,
+    sop_class_uid, instance_number, transfer_syntax, size, path}]).
+    """
+
+    kind: ClassVar[str] = "store_instances"
+    study_instance_uid: str
+    study: dict[str, str]
+    series: tuple[dict[str, Any], ...]
+    accession: str = ""
+    calling_ae: str = ""
+
+
+@dataclass(frozen=True)
+class LinkStudy(Command):
+    """A person (or the storage SCP's accession match) attaches a study to an exam."""
+
+    kind: ClassVar[str] = "link_study"
+    study_instance_uid: str
+    accession: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CheckImages(Command):
+    """The exam's wait for the instances its MPPS referenced ran out: record what is missing."""
+
+    kind: ClassVar[str] = "check_images"
+    accession: str
+
+
 PROCEDURE_COMMANDS = (StartProcedure, CompleteProcedure, DiscontinueProcedure)
 COMMANDS: dict[str, type[Command]] = {
-    c.kind: c for c in (PlaceOrder, CancelOrder, RegisterPatient, UpdatePatient, *PROCEDURE_COMMANDS)
+    c.kind: c
+    for c in (
+        PlaceOrder,
+        CancelOrder,
+        RegisterPatient,
+        UpdatePatient,
+        *PROCEDURE_COMMANDS,
+        StoreInstances,
+        LinkStudy,
+        CheckImages,
+    )
 }
-EXAM_COMMANDS = frozenset({PlaceOrder.kind, CancelOrder.kind, *(c.kind for c in PROCEDURE_COMMANDS)})
+EXAM_COMMANDS = frozenset(
+    {
+        PlaceOrder.kind,
+        CancelOrder.kind,
+        *(c.kind for c in PROCEDURE_COMMANDS),
+        LinkStudy.kind,
+        CheckImages.kind,
+    }
+)
 
 
 def command_from_dict(data: dict[str, Any]) -> Command:
@@ -150,8 +207,10 @@ def command_from_dict(data: dict[str, Any]) -> Command:
             value = Provenance.from_dict(value)
         elif f.name == "patient":
             value = PatientDemographics(**value)
-        elif f.name == "series":
+        elif f.name == "series" and cls is not StoreInstances:
             value = series_from_dicts(value)
+        elif f.name == "series":
+            value = tuple(value)
         values[f.name] = value
     return cls(**values)
 
@@ -176,10 +235,12 @@ def series_as_dicts(series: Sequence[PerformedSeries]) -> list[dict[str, Any]]:
 
 def workflow_id_for(command: Command) -> str:
     """One workflow per exam (`exam-<accession>`) and one per patient identity."""
-    if isinstance(command, (PlaceOrder, CancelOrder, *PROCEDURE_COMMANDS)):
+    if isinstance(command, (PlaceOrder, CancelOrder, *PROCEDURE_COMMANDS, LinkStudy, CheckImages)):
         return f"exam-{command.accession}"
+    if isinstance(command, StoreInstances):
+        # a matched study joins its exam's queue (ordered with the MPPS); an unmatched one
+        # waits in a workflow of its own until a person links it
+        return f"exam-{command.accession}" if command.accession else f"study-{command.study_instance_uid}"
     if isinstance(command, (RegisterPatient, UpdatePatient)):
         return f"patient-{command.patient.key}"
     raise TypeError(f"no workflow for {type(command).__name__}")
-
-

@@ -43,3 +43,16 @@ class ForeignProcedureStep(DomainError):
         self.accession = accession
         self.mpps_uid = mpps_uid
         self.started_by = started_by
+
+
+class StudyAlreadyLinked(DomainError):
+    def __init__(self, study_instance_uid: str, accession: str) -> None:
+        super().__init__(f"study {study_instance_uid}: already linked to exam {accession}")
+        self.study_instance_uid = study_instance_uid
+        self.accession = accession
+
+
+class UnknownStudy(DomainError):
+    def __init__(self, study_instance_uid: str) -> None:
+        super().__init__(f"study {study_instance_uid}: no instances stored")
+        self.study_instance_uid = study_instance_uid

@@ -13,6 +13,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from domain.commands import PerformedSeries, PlaceOrder, series_as_dicts
+from domain.completeness import missing_instances, referenced_instances
 from domain.errors import ForeignProcedureStep, IllegalTransition
 from domain.lifecycle import TERMINAL_STATES, ExamAction, ExamState, next_state
 from domain.provenance import Provenance
@@ -52,9 +53,7 @@ class Exam(Aggregate):
             order.pop(key)
         if not order["study_instance_uid"]:
             order["study_instance_uid"] = study_instance_uid(command.accession)
-        return cls(
-            accession=command.accession, order=order, provenance=command.provenance.as_dict()
-        )
+        return cls(accession=command.accession, order=order, provenance=command.provenance.as_dict())
 
     def has_applied(self, provenance: Provenance) -> bool:
         return provenance.dedupe_key in self.applied
@@ -181,7 +180,14 @@ class Exam(Aggregate):
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
-            for key in ("mpps_uid", "performed_station_ae", "procedure_step_id", "started_at", "modality", "study_instance_uid"):
+            for key in (
+                "mpps_uid",
+                "performed_station_ae",
+                "procedure_step_id",
+                "started_at",
+                "modality",
+                "study_instance_uid",
+            ):
                 state.setdefault(key, "")
 
     class ExamCompleted(Aggregate.Event):
@@ -212,6 +218,58 @@ class Exam(Aggregate):
             state.setdefault("series", [])
 
     mpps_uid = ""  # the performed procedure step that started the exam, once one has
+    # what the ending MPPS referenced, the studies stored for the exam, and whether every
+    # referenced instance is held: "" (nothing to check), awaiting, complete, missing
+    performed_series: tuple[dict[str, Any], ...] = ()
+    studies: tuple[str, ...] = ()
+    images = ""
+
+    @property
+    def awaits_images(self) -> bool:
+        return self.images == "awaiting"
+
+    def record_images(self, study_instance_uid: str, series: dict[str, int], provenance: Provenance) -> None:
+        """A batch of the exam's instances was stored: a fact in any state, not a transition
+        (late images for a cancelled exam are kept and shown, not refused)."""
+        self._images_stored(
+            study_instance_uid=study_instance_uid, series=series, provenance=provenance.as_dict()
+        )
+
+    def check_images(
+        self, held: dict[str, set[str]], provenance: Provenance, *, deadline_passed: bool
+    ) -> None:
+        """Compare what the MPPS referenced with what is held. Complete is said as soon as it is
+        true; missing only once the wait ran out, with the list."""
+        if self.images not in ("awaiting", "missing") or not self.performed_series:
+            return
+        missing = missing_instances(self.performed_series, held)
+        if not missing:
+            referenced = sum(len(s.get("instances", ())) for s in self.performed_series)
+            self._images_completed(instances=referenced, provenance=provenance.as_dict())
+        elif deadline_passed and self.images == "awaiting":
+            self._images_missing(missing=missing, provenance=provenance.as_dict())
+
+    @event("ImagesStored")
+    def _images_stored(
+        self, study_instance_uid: str, series: dict[str, int], provenance: dict[str, Any]
+    ) -> None:
+        if study_instance_uid not in self.studies:
+            self.studies = (*self.studies, study_instance_uid)
+        self.applied.append(Provenance.from_dict(provenance).dedupe_key)
+
+    @event("ImagesCompleted")
+    def _images_completed(self, instances: int, provenance: dict[str, Any]) -> None:
+        self.images = "complete"
+
+    @event("ImagesFoundMissing")
+    def _images_missing(self, missing: list[dict[str, str]], provenance: dict[str, Any]) -> None:
+        self.images = "missing"
+        self.applied.append(Provenance.from_dict(provenance).dedupe_key)
+
+    def _ended_with(self, series: list[dict[str, Any]]) -> None:
+        self.performed_series = tuple(series)
+        if referenced_instances(series):
+            self.images = "awaiting"
 
     @event(ExamStarted)
     def _started(
@@ -231,6 +289,7 @@ class Exam(Aggregate):
     def _completed(
         self, provenance: dict[str, Any], mpps_uid: str, ended_at: str, series: list[dict[str, Any]]
     ) -> None:
+        self._ended_with(series)
         self._moved(ExamAction.COMPLETE, provenance)
 
     @event(ExamDiscontinued)
@@ -242,6 +301,7 @@ class Exam(Aggregate):
         ended_at: str,
         series: list[dict[str, Any]],
     ) -> None:
+        self._ended_with(series)
         self._moved(ExamAction.DISCONTINUE, provenance)
 
     @event("ExamReported")

@@ -49,9 +49,7 @@ class Patient(Aggregate):
     def has_applied(self, provenance: Provenance) -> bool:
         return provenance.dedupe_key in self.applied
 
-    def update(
-        self, demographics: PatientDemographics, patient_class: str, provenance: Provenance
-    ) -> None:
+    def update(self, demographics: PatientDemographics, patient_class: str, provenance: Provenance) -> None:
         """Record what changed; empty HL7 fields mean 'not sent', so they keep the old value."""
         changes = {k: v for k, v in _as_dict(demographics).items() if v and self.demographics.get(k) != v}
         if patient_class and patient_class != self.patient_class:

@@ -130,10 +130,13 @@ class ProjectionRunner:
                     "INSERT INTO projection_tracking (name, position) VALUES (?, ?)",
                     (self.projection.name, last),
                 )
-            elif cur.execute(
-                "UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",
-                (last, self.projection.name, position),
-            ).rowcount != 1:
+            elif (
+                cur.execute(
+                    "UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",
+                    (last, self.projection.name, position),
+                ).rowcount
+                != 1
+            ):
                 raise StalePosition(self.projection.name)
 
     def rebuild(self) -> int:
@@ -162,6 +165,7 @@ class ProjectionRunner:
             try:
                 self.catch_up()
                 with self.store.recorder.subscribe(gt=self.position()) as subscription:
+
                     def stop_when_asked() -> None:
                         self._stop.wait()
                         subscription.stop()
