@@ -18,18 +18,22 @@ from adapters.event_store import EventStore
 from adapters.message_log import MessageLog
 from domain.commands import (
     CancelOrder,
+    CheckImages,
     Command,
     CompleteProcedure,
     DiscontinueProcedure,
+    LinkStudy,
     PlaceOrder,
     RegisterPatient,
     StartProcedure,
+    StoreInstances,
     UpdatePatient,
     command_from_dict,
 )
 from domain.errors import DomainError, ExamAlreadyOrdered, UnknownExam
 from domain.exam import Exam, exam_id
 from domain.patient import Patient, patient_id
+from domain.study import Study, study_id
 
 log = logging.getLogger("radflow.apply")
 
@@ -51,7 +55,9 @@ class CommandActivities:
         message_log: MessageLog | None,
         on_saved: Callable[[], None] = lambda: None,
         other_logs: Sequence[OutcomeLog] = (),
+        images_timeout_s: float = 900.0,
     ) -> None:
+        self._images_timeout_s = images_timeout_s
         self._store = store
         self._logs: list[OutcomeLog] = [*([message_log] if message_log is not None else []), *other_logs]
         self._on_saved = on_saved
@@ -73,15 +79,27 @@ class CommandActivities:
         if outcome["status"] == REFUSED:
             log.warning(
                 "command refused",
-                extra={"kind": command.kind, "message_id": command.provenance.source.message_id, "reason": outcome["reason"]},
+                extra={
+                    "kind": command.kind,
+                    "message_id": command.provenance.source.message_id,
+                    "reason": outcome["reason"],
+                },
             )
         return outcome
 
     def _apply(self, command: Command) -> dict[str, Any]:
-        if isinstance(command, (PlaceOrder, CancelOrder, StartProcedure, CompleteProcedure, DiscontinueProcedure)):
+        if isinstance(
+            command, (PlaceOrder, CancelOrder, StartProcedure, CompleteProcedure, DiscontinueProcedure)
+        ):
             return self._apply_to_exam(command)
         if isinstance(command, (RegisterPatient, UpdatePatient)):
             return self._apply_to_patient(command)
+        if isinstance(command, StoreInstances):
+            return self._store_instances(command)
+        if isinstance(command, LinkStudy):
+            return self._link_study(command)
+        if isinstance(command, CheckImages):
+            return self._check_images(command)
         raise TypeError(f"unknown command {type(command).__name__}")
 
     def _apply_to_exam(self, command: ExamCommand) -> dict[str, Any]:
@@ -100,9 +118,94 @@ class CommandActivities:
         except DomainError as refusal:
             state = exam.state.value if exam is not None else None
             return {"status": REFUSED, "state": state, "reason": str(refusal)}
+        if isinstance(command, (CompleteProcedure, DiscontinueProcedure)):
+            # the images may have come before the modality said which it made
+            exam.check_images(self._held(exam), command.provenance, deadline_passed=False)
         self._store.save(exam)
         self._on_saved()
-        return {"status": APPLIED, "state": exam.state.value}
+        return self._exam_outcome(exam)
+
+    # --- images -------------------------------------------------------------------------------
+
+    def _exam_outcome(self, exam: Exam, status: str = APPLIED) -> dict[str, Any]:
+        outcome: dict[str, Any] = {"status": status, "state": exam.state.value}
+        if exam.awaits_images:
+            # the workflow starts its timer from this; the check comes back as CheckImages
+            outcome["awaiting_images_s"] = self._images_timeout_s
+        return outcome
+
+    def _held(self, exam: Exam, *extra: Study) -> dict[str, set[str]]:
+        held: dict[str, set[str]] = {}
+        studies = {s.study_instance_uid: s for s in extra}
+        for uid in exam.studies:
+            if uid not in studies:
+                loaded: Study | None = self._store.get_or_none(study_id(uid))
+                if loaded is not None:
+                    studies[uid] = loaded
+        for study in studies.values():
+            for series, sops in study.series_instances().items():
+                held.setdefault(series, set()).update(sops)
+        return held
+
+    def _store_instances(self, command: StoreInstances) -> dict[str, Any]:
+        study: Study | None = self._store.get_or_none(study_id(command.study_instance_uid))
+        if study is not None and study.has_applied(command.provenance):
+            return {"status": DUPLICATE, "state": "stored"}
+        if study is None:
+            study = Study.first_stored(command)
+        study.store(command)
+        if not command.accession:  # waits in its own workflow for reconciliation
+            self._store.save(study)
+            self._on_saved()
+            return {"status": APPLIED, "state": "unlinked" if not study.accession else "linked"}
+        exam: Exam | None = self._store.get_or_none(exam_id(command.accession))
+        if exam is None:
+            # matched against the HL7 log, yet no exam: keep the images, let a person decide
+            self._store.save(study)
+            self._on_saved()
+            return {"status": REFUSED, "state": None, "reason": str(UnknownExam(command.accession))}
+        try:
+            study.link(command.accession, "accession number matched the order", command.provenance)
+        except DomainError as refusal:
+            self._store.save(study)
+            self._on_saved()
+            return {"status": REFUSED, "state": exam.state.value, "reason": str(refusal)}
+        return self._attach(exam, study, command)
+
+    def _attach(self, exam: Exam, study: Study, command: StoreInstances | LinkStudy) -> dict[str, Any]:
+        counts = {series: len(sops) for series, sops in study.series_instances().items()}
+        exam.record_images(study.study_instance_uid, counts, command.provenance)
+        exam.check_images(self._held(exam, study), command.provenance, deadline_passed=False)
+        self._store.save(exam, study)  # one transaction: both or neither
+        self._on_saved()
+        return self._exam_outcome(exam)
+
+    def _link_study(self, command: LinkStudy) -> dict[str, Any]:
+        exam: Exam | None = self._store.get_or_none(exam_id(command.accession))
+        if exam is None:
+            return {"status": REFUSED, "state": None, "reason": str(UnknownExam(command.accession))}
+        if exam.has_applied(command.provenance):
+            return {"status": DUPLICATE, "state": exam.state.value}
+        study: Study | None = self._store.get_or_none(study_id(command.study_instance_uid))
+        if study is None:
+            # the study's own workflow has not stored its first batch yet: retry, it will
+            raise RuntimeError(f"study {command.study_instance_uid} not stored yet")
+        try:
+            study.link(command.accession, command.reason, command.provenance)
+        except DomainError as refusal:
+            return {"status": REFUSED, "state": exam.state.value, "reason": str(refusal)}
+        return self._attach(exam, study, command)
+
+    def _check_images(self, command: CheckImages) -> dict[str, Any]:
+        exam: Exam | None = self._store.get_or_none(exam_id(command.accession))
+        if exam is None:
+            return {"status": REFUSED, "state": None, "reason": str(UnknownExam(command.accession))}
+        if exam.has_applied(command.provenance):
+            return {"status": DUPLICATE, "state": exam.state.value}
+        exam.check_images(self._held(exam), command.provenance, deadline_passed=True)
+        self._store.save(exam)
+        self._on_saved()
+        return self._exam_outcome(exam)
 
     def _apply_to_patient(self, command: RegisterPatient | UpdatePatient) -> dict[str, Any]:
         patient: Patient | None = self._store.get_or_none(patient_id(command.patient.key))
@@ -118,7 +221,9 @@ class CommandActivities:
         return {"status": APPLIED, "state": "registered"}
 
 
-def _perform(exam: Exam, command: CancelOrder | StartProcedure | CompleteProcedure | DiscontinueProcedure) -> None:
+def _perform(
+    exam: Exam, command: CancelOrder | StartProcedure | CompleteProcedure | DiscontinueProcedure
+) -> None:
     """Call the exam's method for a command on an existing exam; the exam decides."""
     match command:
         case CancelOrder():
@@ -135,7 +240,10 @@ def _perform(exam: Exam, command: CancelOrder | StartProcedure | CompleteProcedu
             )
         case CompleteProcedure():
             exam.complete(
-                command.provenance, mpps_uid=command.mpps_uid, ended_at=command.ended_at, series=command.series
+                command.provenance,
+                mpps_uid=command.mpps_uid,
+                ended_at=command.ended_at,
+                series=command.series,
             )
         case DiscontinueProcedure():
             exam.discontinue(

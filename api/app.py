@@ -13,12 +13,23 @@ from adapters.event_store import EventStore, open_event_store
 from adapters.mpps_log import MppsLog
 from adapters.settings import Settings
 from adapters.sql import Database
+from adapters.storage_log import StorageLog
 from api.reconciliation import reconciliation_router
 from domain.exam import exam_id
+from projections.pacs_index import PacsIndexProjection
 from projections.runner import ProjectionRunner
 from projections.worklist import PRIORITY_RANK, WorklistProjection
 
-EXAM_STATES = ("ordered", "scheduled", "in_progress", "completed", "reported", "billed", "cancelled", "discontinued")
+EXAM_STATES = (
+    "ordered",
+    "scheduled",
+    "in_progress",
+    "completed",
+    "reported",
+    "billed",
+    "cancelled",
+    "discontinued",
+)
 
 
 def exam_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -76,9 +87,12 @@ def create_app(settings: Settings) -> FastAPI:
     projections_db = Database.for_file(settings, settings.projections_sqlite_path)
     worklist = ProjectionRunner(store, projections_db, WorklistProjection())
     worklist.create_schema()
+    ProjectionRunner(store, projections_db, PacsIndexProjection()).create_schema()
     mpps_log = MppsLog(Database.for_file(settings, settings.messages_sqlite_path))
     mpps_log.create_schema()
-    app.include_router(reconciliation_router(mpps_log))
+    storage_log = StorageLog(mpps_log.db)
+    storage_log.create_schema()
+    app.include_router(reconciliation_router(mpps_log, storage_log))
     temporal: dict[str, Client] = {}
 
     @app.get("/healthz", tags=["operations"])
@@ -99,11 +113,61 @@ def create_app(settings: Settings) -> FastAPI:
             parts["temporal"] = {"ok": True, "address": settings.temporal_target}
         except Exception as error:
             temporal.pop("client", None)
-            parts["temporal"] = {"ok": False, "address": settings.temporal_target, "error": str(error)[:200] or type(error).__name__}
+            parts["temporal"] = {
+                "ok": False,
+                "address": settings.temporal_target,
+                "error": str(error)[:200] or type(error).__name__,
+            }
         for name, port in (("mllp", settings.mllp_port), ("dicom", settings.dicom_port)):
             parts[name] = {"ok": await _port_open(settings.bind_host, port), "port": port}
         healthy = all(part["ok"] for part in parts.values())
-        return JSONResponse({"status": "ok" if healthy else "degraded", "parts": parts}, status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", "parts": parts}, status_code=200 if healthy else 503
+        )
+
+    @app.get("/api/studies", tags=["pacs"])
+    def list_studies(
+        patient_id: str | None = None,
+        accession: Annotated[str | None, Query(description="the exam a study is linked to")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Stored studies from the PACS index, newest first: a patient's priors are one call."""
+        filters, params = [], []
+        for column, value in (("patient_id", patient_id), ("linked_accession", accession)):
+            if value:
+                filters.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(filters)}" if filters else ""
+        total = projections_db.query(f"SELECT COUNT(*) AS n FROM pacs_studies {where}", params)[0]["n"]
+        rows = projections_db.query(
+            f"SELECT * FROM pacs_studies {where} ORDER BY study_date DESC, first_stored_at DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return {"studies": rows, "total": int(total), "limit": limit, "offset": offset}
+
+    @app.get("/api/studies/{study_instance_uid}", tags=["pacs"])
+    def get_study(study_instance_uid: str) -> dict[str, Any]:
+        rows = projections_db.query(
+            "SELECT * FROM pacs_studies WHERE study_instance_uid = ?", (study_instance_uid,)
+        )
+        if not rows:
+            raise HTTPException(404, f"no stored study {study_instance_uid}")
+        series = projections_db.query(
+            "SELECT * FROM pacs_series WHERE study_instance_uid = ? ORDER BY series_number, series_instance_uid",
+            (study_instance_uid,),
+        )
+        return {**rows[0], "series": series, "batches": storage_log.batches_of(study_instance_uid)}
+
+    @app.get("/api/dicom/associations", tags=["operations"])
+    def list_associations(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """Every DICOM association, newest first: who called, from where, what was exchanged."""
+        return {"associations": storage_log.associations(limit)}
+
+    @app.get("/api/dicom/store-failures", tags=["operations"])
+    def list_store_failures(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """C-STOREs answered with a failure status, newest first, with the reason given."""
+        return {"failures": storage_log.failures(limit)}
 
     @app.get("/api/exams", tags=["exams"])
     def list_exams(
@@ -118,7 +182,12 @@ def create_app(settings: Settings) -> FastAPI:
         if state is not None and state not in EXAM_STATES:
             raise HTTPException(422, f"unknown state {state!r}; one of {', '.join(EXAM_STATES)}")
         filters, params = [], []
-        for column, value in (("state", state), ("modality", modality), ("patient_id", patient_id), ("priority", priority and priority.upper())):
+        for column, value in (
+            ("state", state),
+            ("modality", modality),
+            ("patient_id", patient_id),
+            ("priority", priority and priority.upper()),
+        ):
             if value:
                 filters.append(f"{column} = ?")
                 params.append(value)

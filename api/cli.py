@@ -10,7 +10,7 @@ from pathlib import Path
 from adapters.logs import configure_logging
 from adapters.settings import Settings, load_settings
 
-PROJECTIONS = ("worklist",)
+PROJECTIONS = ("worklist", "pacs_index")
 
 
 def _up(settings: Settings, _: argparse.Namespace) -> int:
@@ -70,6 +70,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging("cli", "WARNING")
     host = args.host or settings.bind_host
     port = args.port or settings.mllp_port
+
     async def send() -> list[str]:
         codes = []
         async for path, code, text in send_files([Path(f) for f in args.files], host, port):
@@ -104,8 +105,14 @@ def _reconcile_list(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(f"{'MPPS SOP INSTANCE UID':<64} {'STATUS':<12} {'AE':<16} {'QUEUED AT':<32} REASON / LINK")
     for e in entries:
-        link = f" -> {e['linked']['accession']} by {e['linked']['by']}: {e['linked']['reason']}" if e["linked"] else ""
-        print(f"{e['sop_instance_uid']:<64} {e['status']:<12} {e['calling_ae']:<16} {e['queued_at']:<32} {e['reason']}{link}")
+        link = (
+            f" -> {e['linked']['accession']} by {e['linked']['by']}: {e['linked']['reason']}"
+            if e["linked"]
+            else ""
+        )
+        print(
+            f"{e['sop_instance_uid']:<64} {e['status']:<12} {e['calling_ae']:<16} {e['queued_at']:<32} {e['reason']}{link}"
+        )
     return 0
 
 
@@ -129,15 +136,73 @@ def _reconcile_link(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile_studies(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.sql import Database
+    from adapters.storage_log import StorageLog
+    from api.reconciliation import study_entry_json
+
+    configure_logging("cli", "WARNING")
+    storage_log = StorageLog(Database.for_file(settings, settings.messages_sqlite_path))
+    storage_log.create_schema()
+    entries = [study_entry_json(r) for r in storage_log.reconciliation(include_linked=args.all)]
+    if args.json:
+        import json
+
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print("no studies wait for reconciliation")
+        return 0
+    print(f"{'STUDY INSTANCE UID':<64} {'PATIENT':<16} {'INST':>5} {'QUEUED AT':<32} REASON / LINK")
+    for e in entries:
+        link = (
+            f" -> {e['linked']['accession']} ({e['linked']['how']}, {e['linked']['by']})"
+            if e["linked"]
+            else ""
+        )
+        print(
+            f"{e['study_instance_uid']:<64} {e['patient']['id']:<16} {e['instances']:>5} {e['queued_at']:<32} "
+            f"{e['reason']}{link}"
+        )
+    return 0
+
+
+def _reconcile_link_study(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.sql import Database
+    from adapters.storage_log import StorageLog
+    from interfaces.dicom.mpps import LinkRefused
+    from interfaces.dicom.storage import link_study
+
+    configure_logging("cli", "WARNING")
+    if not args.reason.strip():
+        print("radflow reconcile link-study: --reason must not be blank", file=sys.stderr)
+        return 2
+    storage_log = StorageLog(Database.for_file(settings, settings.messages_sqlite_path))
+    storage_log.create_schema()
+    try:
+        row = link_study(storage_log, args.uid, args.accession, args.reason.strip(), args.user)
+    except LinkRefused as refused:
+        print(f"radflow reconcile link-study: {refused}", file=sys.stderr)
+        return 1
+    print(f"linked study {args.uid} to exam {args.accession} (outbox row dicom-batch:{row})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="radflow",
         description="radflow RIS + PACS. Settings come from RADFLOW_* environment variables.",
     )
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("up", help="start everything (Temporal dev server, worker, listeners, API)").set_defaults(run=_up)
-    commands.add_parser("worker", help="run the Temporal worker and the projections").set_defaults(run=_worker)
-    commands.add_parser("listen", help="run the MLLP listener, the relay and the DICOM AE").set_defaults(run=_listen)
+    commands.add_parser(
+        "up", help="start everything (Temporal dev server, worker, listeners, API)"
+    ).set_defaults(run=_up)
+    commands.add_parser("worker", help="run the Temporal worker and the projections").set_defaults(
+        run=_worker
+    )
+    commands.add_parser("listen", help="run the MLLP listener, the relay and the DICOM AE").set_defaults(
+        run=_listen
+    )
     commands.add_parser("api", help="serve the HTTP API").set_defaults(run=_api)
 
     projections = commands.add_parser("projections", help="read model maintenance")
@@ -146,11 +211,15 @@ def parser() -> argparse.ArgumentParser:
     rebuild.add_argument("name", choices=[*PROJECTIONS, "all"])
     rebuild.set_defaults(run=_rebuild)
 
-    reconcile = commands.add_parser("reconcile", help="MPPS no exam could take: list them, link one to an exam")
+    reconcile = commands.add_parser(
+        "reconcile", help="MPPS and studies no exam could take: list them, link one to an exam"
+    )
     r_sub = reconcile.add_subparsers(dest="action", required=True, metavar="ACTION")
     r_list = r_sub.add_parser("list", help="list the MPPS reconciliation queue")
     r_list.add_argument("--all", action="store_true", help="include steps already linked")
-    r_list.add_argument("--json", action="store_true", help="print JSON, as GET /api/reconciliation/mpps does")
+    r_list.add_argument(
+        "--json", action="store_true", help="print JSON, as GET /api/reconciliation/mpps does"
+    )
     r_list.set_defaults(run=_reconcile_list)
     r_link = r_sub.add_parser("link", help="link a queued MPPS to an exam, with a reason")
     r_link.add_argument("uid", help="MPPS SOP instance UID")
@@ -158,6 +227,18 @@ def parser() -> argparse.ArgumentParser:
     r_link.add_argument("--reason", required=True, help="why this step belongs to this exam")
     r_link.add_argument("--user", default="cli")
     r_link.set_defaults(run=_reconcile_link)
+    r_studies = r_sub.add_parser("studies", help="list stored studies waiting for reconciliation")
+    r_studies.add_argument("--all", action="store_true", help="include studies already linked")
+    r_studies.add_argument(
+        "--json", action="store_true", help="print JSON, as GET /api/reconciliation/studies does"
+    )
+    r_studies.set_defaults(run=_reconcile_studies)
+    r_link_study = r_sub.add_parser("link-study", help="link a queued study to an exam, with a reason")
+    r_link_study.add_argument("uid", help="Study Instance UID")
+    r_link_study.add_argument("accession")
+    r_link_study.add_argument("--reason", required=True, help="why this study belongs to this exam")
+    r_link_study.add_argument("--user", default="cli")
+    r_link_study.set_defaults(run=_reconcile_link_study)
 
     hl7 = commands.add_parser("hl7", help="HL7 tools")
     h_sub = hl7.add_subparsers(dest="action", required=True, metavar="ACTION")

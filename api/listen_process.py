@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
+from adapters.dicom_config import load_dicom_config
 from adapters.message_log import MessageLog, MessageLogWriter
 from adapters.mpps_log import MppsLog
 from adapters.settings import Settings
 from adapters.sql import Database
+from adapters.storage_log import StorageLog
 from adapters.temporal import connect
 from api.signals import run_until_signalled
 from interfaces.dicom.mpps import mpps_service
 from interfaces.dicom.server import start_dicom_server
+from interfaces.dicom.storage import Flusher, storage_service
 from interfaces.dicom.worklist import modality_worklist_service
 from interfaces.hl7.listener import MllpListener
 from interfaces.hl7.relay import Relay
@@ -27,6 +31,10 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
     message_log.create_schema()
     mpps_log = MppsLog(message_log.db)
     mpps_log.create_schema()
+    storage_log = StorageLog(message_log.db)
+    storage_log.create_schema()
+    dicom_config = load_dicom_config(settings.dicom_config, settings.dicom_peers)
+    projections_db = Database.for_file(settings, settings.projections_sqlite_path)
     loop = asyncio.get_running_loop()
     relay: Relay | None = None
 
@@ -37,9 +45,18 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
     writer = MessageLogWriter(message_log)
     listener = MllpListener(settings, writer, on_accepted=wake_relay)
     await listener.start()
+    flusher = Flusher(storage_log, on_batched=wake_relay, exam_for_study=exam_for_study(projections_db))
     dicom = start_dicom_server(
-        settings, [modality_worklist_service(settings), mpps_service(mpps_log, on_accepted=wake_relay)]
+        settings,
+        [
+            modality_worklist_service(settings),
+            mpps_service(mpps_log, on_accepted=wake_relay),
+            storage_service(settings, storage_log, flusher),
+        ],
+        config=dicom_config,
+        association_log=storage_log,
     )
+    flusher.start()
     relay_task: asyncio.Task[None] | None = None
     try:
         # the listener already ACKs; the relay joins when Temporal answers (or never, if
@@ -48,7 +65,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if connecting.done() and not stop.is_set():
-            relay = Relay([message_log, mpps_log], connecting.result(), settings.task_queue)
+            relay = Relay([message_log, mpps_log, storage_log], connecting.result(), settings.task_queue)
             relay_task = asyncio.create_task(relay.run_forever())
             wake_relay()
             await stopping
@@ -60,7 +77,24 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
                 await relay_task
         await listener.stop()
         dicom.shutdown()
+        flusher.stop()
         writer.close()
+
+
+def exam_for_study(projections_db: Database) -> Callable[[str], str | None]:
+    """A study without an accession still finds its exam by the Study Instance UID the
+    worklist handed the modality."""
+
+    def lookup(study_instance_uid: str) -> str | None:
+        try:
+            rows = projections_db.query(
+                "SELECT accession FROM worklist WHERE study_instance_uid = ?", (study_instance_uid,)
+            )
+        except Exception:  # no worklist yet (fresh install): nothing to match
+            return None
+        return rows[0]["accession"] if rows else None
+
+    return lookup
 
 
 def main(settings: Settings) -> None:

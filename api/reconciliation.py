@@ -1,6 +1,7 @@
-"""Reconciliation over HTTP: performed procedure steps no exam could take, and linking one to an
-exam with a reason. The link goes through the MPPS outbox to the exam's workflow, like any
-other trigger, so it ends up as events with the person and the reason in their provenance."""
+"""Reconciliation over HTTP: performed procedure steps and stored studies no exam could take, and
+linking one to an exam with a reason. A link goes through an outbox to the exam's workflow,
+like any other trigger, so it ends up as events with the person and the reason in their
+provenance (and the worklist and PACS index follow)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field, field_validator
 
 from adapters.mpps_log import MppsLog
-from interfaces.dicom.mpps import AlreadyLinked, IllegalLink, NotQueued, UnknownAccession, link
+from adapters.storage_log import StorageLog
+from interfaces.dicom.mpps import LinkRefused, NotQueued, UnknownAccession, link
 from interfaces.dicom.mpps_dataset import ended_at, started_at
+from interfaces.dicom.storage import link_study
 
 
 class LinkRequest(BaseModel):
@@ -49,11 +52,47 @@ def queue_entry_json(row: dict[str, Any]) -> dict[str, Any]:
         "instances": sum(len(s.get("instances", [])) for s in series),
         "linked": None
         if not row["linked_at"]
-        else {"accession": row["linked_accession"], "reason": row["link_reason"], "by": row["linked_by"], "at": row["linked_at"]},
+        else {
+            "accession": row["linked_accession"],
+            "reason": row["link_reason"],
+            "by": row["linked_by"],
+            "at": row["linked_at"],
+        },
     }
 
 
-def reconciliation_router(mpps_log: MppsLog) -> APIRouter:
+def study_entry_json(row: dict[str, Any]) -> dict[str, Any]:
+    study = row["attributes"].get("study", {})
+    return {
+        "study_instance_uid": row["study_instance_uid"],
+        "queued_at": row["first_received_at"],
+        "reason": row["queued_reason"],
+        "claimed_accession": row["claimed_accession"] or None,
+        "patient": {"id": row["patient_id"], "name": study.get("patient_name", "")},
+        "study_date": study.get("study_date", ""),
+        "study_description": study.get("study_description", ""),
+        "series": int(row["series"]),
+        "instances": int(row["instances"]),
+        "linked": None
+        if not row["accession"]
+        else {
+            "accession": row["accession"],
+            "how": row["linked_how"],
+            "by": row["linked_by"],
+            "at": row["linked_at"],
+        },
+    }
+
+
+def _link_error(refused: LinkRefused) -> HTTPException:
+    if isinstance(refused, NotQueued):
+        return HTTPException(404, str(refused))
+    if isinstance(refused, UnknownAccession):
+        return HTTPException(422, str(refused))
+    return HTTPException(409, str(refused))
+
+
+def reconciliation_router(mpps_log: MppsLog, storage_log: StorageLog) -> APIRouter:
     router = APIRouter(prefix="/api/reconciliation", tags=["reconciliation"])
 
     @router.get("/mpps")
@@ -70,17 +109,39 @@ def reconciliation_router(mpps_log: MppsLog) -> APIRouter:
         """Attach a queued step to an exam. 202: durable and on its way to the exam's workflow;
         what the exam made of it shows in its history and in this queue."""
         try:
-            rows = await asyncio.to_thread(link, mpps_log, sop_instance_uid, body.accession, body.reason, body.user)
-        except NotQueued as refused:
-            raise HTTPException(404, str(refused)) from refused
-        except UnknownAccession as refused:
-            raise HTTPException(422, str(refused)) from refused
-        except (AlreadyLinked, IllegalLink) as refused:
-            raise HTTPException(409, str(refused)) from refused
+            rows = await asyncio.to_thread(
+                link, mpps_log, sop_instance_uid, body.accession, body.reason, body.user
+            )
+        except LinkRefused as refused:
+            raise _link_error(refused) from refused
         return {
             "sop_instance_uid": sop_instance_uid,
             "accession": body.accession,
             "message_ids": [f"mpps:{r}" for r in rows],
+        }
+
+    @router.get("/studies")
+    def list_studies(
+        include_linked: Annotated[bool, Query(description="also list studies already linked")] = False,
+    ) -> dict[str, Any]:
+        """Stored studies no exam could claim (unknown or missing accession, patient ID
+        mismatch, cancelled exam, or refused by their exam). Oldest first."""
+        rows = storage_log.reconciliation(include_linked=include_linked)
+        return {"items": [study_entry_json(r) for r in rows], "total": len(rows)}
+
+    @router.post("/studies/{study_instance_uid}/link", status_code=202)
+    async def link_stored_study(study_instance_uid: str, body: LinkRequest) -> dict[str, Any]:
+        """Attach a queued study to an exam. 202: durable and on its way to the exam's workflow."""
+        try:
+            row = await asyncio.to_thread(
+                link_study, storage_log, study_instance_uid, body.accession, body.reason, body.user
+            )
+        except LinkRefused as refused:
+            raise _link_error(refused) from refused
+        return {
+            "study_instance_uid": study_instance_uid,
+            "accession": body.accession,
+            "message_ids": [f"dicom-batch:{row}"],
         }
 
     return router

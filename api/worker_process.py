@@ -1,4 +1,4 @@
-"""`radflow worker`: the Temporal worker (exam and patient workflows, apply_command) and the
+"""`radflow worker`: the Temporal worker (exam, patient and study workflows, apply_command) and the
 projection runners, in one process so that an append wakes the projections at once."""
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from adapters.message_log import MessageLog
 from adapters.mpps_log import MppsLog
 from adapters.settings import Settings
 from adapters.sql import Database
+from adapters.storage_log import StorageLog
 from adapters.temporal import connect
 from api.signals import run_until_signalled
+from projections.pacs_index import PacsIndexProjection
 from projections.runner import ProjectionRunner
 from projections.worklist import WorklistProjection
 from workflows.exam import ExamWorkflow
 from workflows.patient import PatientWorkflow
+from workflows.study import StudyWorkflow
 
 log = logging.getLogger("radflow.worker")
 
@@ -29,7 +32,10 @@ log = logging.getLogger("radflow.worker")
 def projection_runners(settings: Settings) -> list[ProjectionRunner]:
     store = open_event_store(settings)
     db = Database.for_file(settings, settings.projections_sqlite_path)
-    runners = [ProjectionRunner(store, db, WorklistProjection())]
+    runners = [
+        ProjectionRunner(store, db, WorklistProjection()),
+        ProjectionRunner(store, db, PacsIndexProjection()),
+    ]
     for runner in runners:
         runner.create_schema()
     return runners
@@ -59,13 +65,21 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     messages = message_log(settings)
     mpps_log = MppsLog(messages.db)
     mpps_log.create_schema()
-    activities = CommandActivities(store, messages, on_saved=wake_projections, other_logs=[mpps_log])
+    storage_log = StorageLog(messages.db)
+    storage_log.create_schema()
+    activities = CommandActivities(
+        store,
+        messages,
+        on_saved=wake_projections,
+        other_logs=[mpps_log, storage_log],
+        images_timeout_s=settings.images_timeout_s,
+    )
     client = await connect(settings)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity") as executor:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ExamWorkflow, PatientWorkflow],
+            workflows=[ExamWorkflow, PatientWorkflow, StudyWorkflow],
             activities=[activities.apply_command],
             activity_executor=executor,
         )

@@ -1,17 +1,24 @@
-"""radflow's DICOM AE: one pynetdicom server whose services (C-ECHO now; worklist, MPPS,
-storage, query/retrieve as they arrive) each contribute presentation contexts and handlers."""
+"""radflow's DICOM AE: one pynetdicom server whose services (verification, worklist, MPPS,
+storage, query/retrieve, storage commitment) each contribute presentation contexts and handlers.
+
+The server itself logs every association (calling AE, peer, what was exchanged, how it ended)
+and enforces the calling-AE allow-list with a proper A-ASSOCIATE-RJ.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from adapters.dicom_config import DicomConfig
 from adapters.settings import Settings
 
 log = logging.getLogger("radflow.dicom")
@@ -25,11 +32,46 @@ class DicomService:
     sop_classes: Sequence[Any]
     handlers: Sequence[tuple[Any, Any]] = field(default_factory=list)
     transfer_syntaxes: Sequence[str] | None = None
+    on_association_end: Callable[[int], None] | None = None  # called with the association's log id
+
+
+class AssociationLog(Protocol):
+    def association_opened(
+        self, calling_ae: str, called_ae: str, peer: str, status: str, reason: str = ""
+    ) -> int: ...
+
+    def association_closed(self, association_id: int, status: str, exchanged: dict[str, int]) -> None: ...
+
+
+def association_id(assoc: Any) -> int:
+    """The association's row in the association log (0 when none is kept)."""
+    return int(getattr(assoc, "radflow_id", 0))
+
+
+class _GatedAE(AE):
+    """An AE whose calling-AE allow-list is decided per association (title and host): the
+    EVT_REQUESTED handler runs in the association's thread right before pynetdicom checks
+    `require_calling_aet`, so a thread-local answer gives a standard A-ASSOCIATE-RJ."""
+
+    _decision = threading.local()
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        return list(getattr(self._decision, "allowed", None) or [])
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        del ae_titles  # decided per association by `decide`
+
+    def decide(self, allowed: list[str] | None) -> None:
+        self._decision.allowed = allowed
 
 
 def _on_echo(event: Any) -> int:
     requestor = event.assoc.requestor
-    log.info("c-echo", extra={"calling_ae": requestor.ae_title, "peer": f"{requestor.address}:{requestor.port}"})
+    log.info(
+        "c-echo", extra={"calling_ae": requestor.ae_title, "peer": f"{requestor.address}:{requestor.port}"}
+    )
     return 0x0000
 
 
@@ -38,21 +80,119 @@ def _on_open(event: Any) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _on_accepted(event: Any) -> None:
-    requestor = event.assoc.requestor
-    log.info(
-        "association accepted",
-        extra={"calling_ae": requestor.ae_title, "peer": f"{requestor.address}:{requestor.port}"},
-    )
-
-
 VERIFICATION = DicomService("verification", [Verification], [(evt.EVT_C_ECHO, _on_echo)])
 
 
-def start_dicom_server(settings: Settings, services: Sequence[DicomService] = (), port: int | None = None) -> Any:
+class AssociationTracker:
+    """Opens a log row per association, counts the DIMSE messages it carries, closes the row
+    and tells the services when it ended (storage batches what it received then)."""
+
+    def __init__(
+        self,
+        ae: _GatedAE,
+        config: DicomConfig,
+        association_log: AssociationLog | None,
+        on_end: Sequence[Callable[[int], None]],
+    ) -> None:
+        self._ae = ae
+        self._config = config
+        self._log = association_log
+        self._on_end = list(on_end)
+        self._lock = threading.Lock()
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self._requested),
+            (evt.EVT_ACCEPTED, self._accepted),
+            (evt.EVT_REJECTED, self._rejected),
+            (evt.EVT_DIMSE_RECV, self._received),
+            (evt.EVT_RELEASED, self._released),
+            (evt.EVT_ABORTED, self._aborted),
+        ]
+
+    def _requested(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        why = self._config.refusal(calling, str(requestor.address))
+        event.assoc.radflow_refusal = why
+        # pynetdicom rejects when the list is non-empty and lacks the caller
+        self._ae.decide(["-- refused --"] if why else None)
+
+    def _accepted(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        peer = f"{requestor.address}:{requestor.port}"
+        calling = str(requestor.ae_title).strip()
+        log.info("association accepted", extra={"calling_ae": calling, "peer": peer})
+        if self._log is None:
+            return
+        try:
+            event.assoc.radflow_id = self._log.association_opened(
+                calling, str(event.assoc.acceptor.ae_title).strip(), peer, "open"
+            )
+        except Exception:
+            log.exception("could not log the association")
+
+    def _rejected(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        calling = str(requestor.primitive.calling_ae_title).strip() if requestor.primitive else ""
+        peer = f"{requestor.address}:{requestor.port}"
+        reason = getattr(event.assoc, "radflow_refusal", "") or "rejected during negotiation"
+        log.warning("association rejected", extra={"calling_ae": calling, "peer": peer, "reason": reason})
+        if self._log is not None:
+            try:
+                self._log.association_opened(calling, str(self._ae.ae_title), peer, "rejected", reason)
+            except Exception:
+                log.exception("could not log the rejected association")
+
+    def _received(self, event: Any) -> None:
+        # runs on the DUL's thread, possibly before EVT_ACCEPTED's handler has logged the
+        # association: count on the association object itself
+        name = type(event.message).__name__.replace("_", "-")  # C-STORE-RQ, N-ACTION-RQ, ...
+        counter: Counter[str] = event.assoc.__dict__.setdefault("radflow_exchanged", Counter())
+        with self._lock:
+            counter[name] += 1
+
+    def _released(self, event: Any) -> None:
+        self._ended(event, "released")
+
+    def _aborted(self, event: Any) -> None:
+        self._ended(event, "aborted")
+
+    def _ended(self, event: Any, status: str) -> None:
+        assoc_id = association_id(event.assoc)
+        if not assoc_id:
+            return
+        with self._lock:
+            exchanged = dict(event.assoc.__dict__.get("radflow_exchanged", Counter()))
+        if self._log is not None:
+            try:
+                self._log.association_closed(assoc_id, status, exchanged)
+            except Exception:
+                log.exception("could not close the association's log row")
+        for callback in self._on_end:
+            try:
+                callback(assoc_id)
+            except Exception:
+                log.exception("association end hook failed")
+
+
+def start_dicom_server(
+    settings: Settings,
+    services: Sequence[DicomService] = (),
+    port: int | None = None,
+    *,
+    config: DicomConfig | None = None,
+    association_log: AssociationLog | None = None,
+) -> Any:
     """Start the AE in a background thread; returns the server (call `.shutdown()`)."""
-    ae = AE(ae_title=settings.ae_title)
-    handlers: list[tuple[Any, Any]] = [(evt.EVT_CONN_OPEN, _on_open), (evt.EVT_ACCEPTED, _on_accepted)]
+    ae = _GatedAE(ae_title=settings.ae_title)
+    tracker = AssociationTracker(
+        ae,
+        config or DicomConfig(),
+        association_log,
+        [s.on_association_end for s in services if s.on_association_end is not None],
+    )
+    handlers: list[tuple[Any, Any]] = [(evt.EVT_CONN_OPEN, _on_open), *tracker.handlers()]
     for service in (VERIFICATION, *services):
         for sop_class in service.sop_classes:
             ae.add_supported_context(sop_class, service.transfer_syntaxes or ALL_TRANSFER_SYNTAXES)

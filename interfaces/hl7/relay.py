@@ -35,7 +35,11 @@ class Outbox(Protocol):
 
 
 def workflow_type_for(workflow_id: str) -> str:
-    return "PatientWorkflow" if workflow_id.startswith("patient-") else "ExamWorkflow"
+    if workflow_id.startswith("patient-"):
+        return "PatientWorkflow"
+    if workflow_id.startswith("study-"):
+        return "StudyWorkflow"
+    return "ExamWorkflow"
 
 
 def merge_pages(pages: Sequence[list[dict[str, Any]]], limit: int) -> list[tuple[int, dict[str, Any]]]:
@@ -105,7 +109,9 @@ class Relay:
         by_workflow: OrderedDict[str, list[tuple[Key, dict[str, Any]]]] = OrderedDict()
         for index, row in rows:
             for entry in row["commands"]:
-                by_workflow.setdefault(entry["workflow_id"], []).append(((index, row["id"]), entry["command"]))
+                by_workflow.setdefault(entry["workflow_id"], []).append(
+                    ((index, row["id"]), entry["command"])
+                )
         failed: set[Key] = set()
         gate = asyncio.Semaphore(16)
 
