@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     mllp_read_timeout_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
     dicom_config: Path | None = None  # YAML: peers and allowed calling AEs (adapters/dicom_config)
+    dicom_max_associations: int = Field(default=32, ge=1)  # concurrent; beyond: A-ASSOCIATE-RJ
     dicom_peers: str = ""  # "AET=host:port,AET2=host:port": C-MOVE destinations
     dicom_duplicates: Literal["keep", "replace", "reject"] = "keep"  # a SOP instance stored twice
     # how long a completed exam waits for the instances its MPPS referenced before saying

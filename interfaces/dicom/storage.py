@@ -26,6 +26,7 @@ from adapters.settings import Settings
 from adapters.storage_log import PREFIX, StorageLog, StorageRecords, StoredInstance
 from domain.commands import Command, LinkStudy, StoreInstances, workflow_id_for
 from domain.provenance import Provenance, Source
+from interfaces.dicom.header import file_meta, read_header
 from interfaces.dicom.mpps import AlreadyLinked, IllegalLink, NotQueued, UnknownAccession
 from interfaces.dicom.server import DicomService, association_id
 
@@ -69,15 +70,19 @@ class Refused(Exception):
         self.reason = reason
 
 
-def _text(dataset: Dataset, keyword: str) -> str:
-    value = dataset.get(keyword)
-    if value is None or value == "":
-        return ""
-    return str(value).strip()
+HEADER_KEYWORDS = (
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "InstanceNumber",
+    *STUDY_KEYS.values(),
+    *SERIES_KEYS.values(),
+)
 
 
-def _uid(dataset: Dataset, keyword: str) -> str:
-    value = _text(dataset, keyword)
+def _uid(header: dict[str, str], keyword: str) -> str:
+    value = header[keyword]
     if not value:
         raise Refused(CANNOT_UNDERSTAND, f"{keyword} is missing")
     if len(value) > 64 or not _UID.fullmatch(value):
@@ -155,14 +160,15 @@ class StorageScp:
     def store(self, event: Any, calling_ae: str, assoc_id: int) -> None:
         request = event.request
         transfer_syntax = str(event.context.transfer_syntax)
+        stream = event.encoded_dataset(include_meta=False)
         try:
-            dataset = event.dataset
+            header = read_header(stream, transfer_syntax, HEADER_KEYWORDS)
         except Exception as error:
             raise Refused(
                 CANNOT_UNDERSTAND, f"dataset could not be decoded: {type(error).__name__}"
             ) from error
-        sop_instance = _uid(dataset, "SOPInstanceUID")
-        sop_class = _uid(dataset, "SOPClassUID")
+        sop_instance = _uid(header, "SOPInstanceUID")
+        sop_class = _uid(header, "SOPClassUID")
         if sop_instance != str(request.AffectedSOPInstanceUID):
             raise Refused(
                 DOES_NOT_MATCH_SOP_CLASS,
@@ -173,8 +179,8 @@ class StorageScp:
                 DOES_NOT_MATCH_SOP_CLASS,
                 f"SOP Class UID {sop_class} differs from the request's {request.AffectedSOPClassUID}",
             )
-        study_uid = _uid(dataset, "StudyInstanceUID")
-        series_uid = _uid(dataset, "SeriesInstanceUID")
+        study_uid = _uid(header, "StudyInstanceUID")
+        series_uid = _uid(header, "SeriesInstanceUID")
         existing = self.log.existing(sop_instance)
         if existing is not None:
             if self.policy == "reject":
@@ -185,12 +191,12 @@ class StorageScp:
                 log.info("duplicate kept", extra={"sop_instance_uid": sop_instance, "calling_ae": calling_ae})
                 return
         path = self.root / study_uid / series_uid / f"{sop_instance}.dcm"
-        data = event.encoded_dataset(include_meta=True)
+        data = file_meta(sop_class, sop_instance, transfer_syntax, calling_ae) + stream
         durable_write(path, data)
         attributes = {
-            "study": {key: _text(dataset, keyword) for key, keyword in STUDY_KEYS.items()},
-            "series": {key: _text(dataset, keyword) for key, keyword in SERIES_KEYS.items()},
-            "instance_number": _text(dataset, "InstanceNumber"),
+            "study": {key: header[keyword] for key, keyword in STUDY_KEYS.items()},
+            "series": {key: header[keyword] for key, keyword in SERIES_KEYS.items()},
+            "instance_number": header["InstanceNumber"],
         }
         self.log.record_instance(
             StoredInstance(
@@ -386,8 +392,9 @@ class Flusher:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def association_ended(self, assoc_id: int) -> None:
-        self._flush(association=assoc_id)
+    def association_ended(self, assoc_id: int, exchanged: dict[str, int]) -> None:
+        if exchanged.get("C-STORE-RQ"):
+            self._flush(association=assoc_id)
 
     def _flush(self, **which: Any) -> None:
         try:

@@ -1,0 +1,91 @@
+"""The storage SCP's hot path: the File Meta Information written in front of a received data set,
+and the few attributes radflow indexes, read from the data set as encoded.
+
+pydicom parses the elements (stopping before the pixel data) but the wanted values are decoded
+here from their raw bytes, and the meta group is encoded directly: going through pydicom's
+datasets for both cost about 0.6 ms per instance, a third of the C-STORE handler's time.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable
+from io import BytesIO
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.filereader import read_dataset
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+PN_DELIMITERS = {0x5E, 0x3D}  # ^ and =: ISO 2022 escapes reset at these in person names
+SPECIFIC_CHARACTER_SET = 0x00080005
+PIXEL_DATA = 0x7FE00010
+IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+
+
+def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element, padded to even length as PS3.5 7.1 requires."""
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    tag = struct.pack("<HH", group_element >> 16, group_element & 0xFFFF)
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str = "") -> bytes:
+    """Preamble, prefix and File Meta Information (PS3.10 7.1) for a received data set."""
+    body = b"".join(
+        (
+            _element(0x00020001, b"OB", b"\x00\x01"),
+            _element(0x00020002, b"UI", sop_class_uid.encode("ascii")),
+            _element(0x00020003, b"UI", sop_instance_uid.encode("ascii")),
+            _element(0x00020010, b"UI", transfer_syntax.encode("ascii")),
+            _element(0x00020012, b"UI", PYNETDICOM_IMPLEMENTATION_UID.encode("ascii")),
+            _element(0x00020013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")),
+            *((_element(0x00020016, b"AE", source_ae.encode("ascii", "replace")),) if source_ae else ()),
+        )
+    )
+    return (
+        b"\x00" * 128
+        + b"DICM"
+        + _element(0x00020000, b"UL", b"")[:6]
+        + struct.pack("<HI", 4, len(body))
+        + body
+    )
+
+
+def read_header(stream: bytes, transfer_syntax: str, keywords: Iterable[str]) -> dict[str, str]:
+    """Keyword -> text ("" when absent or empty) for top-level attributes of an encoded data set
+    (no meta group). Raises what pydicom or zlib raise on a stream they cannot parse."""
+    if transfer_syntax in DEFLATED:
+        stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream)
+    dataset = read_dataset(
+        BytesIO(stream),
+        transfer_syntax == IMPLICIT_LITTLE,
+        transfer_syntax != EXPLICIT_BIG,
+        stop_when=lambda tag, vr, length: tag >= PIXEL_DATA,
+    )
+    charset = dataset.get_item(SPECIFIC_CHARACTER_SET)
+    terms: list[str] = []
+    if charset is not None and charset.value:
+        raw = charset.value
+        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+        terms = [t.strip() for t in text.split("\\")]
+    encodings = convert_encodings(terms or [""])
+    found: dict[str, str] = {}
+    for keyword in keywords:
+        tag = tag_for_keyword(keyword)
+        element = dataset.get_item(tag) if tag is not None else None
+        value = None if element is None else element.value
+        if tag is None or value is None or value in (b"", ""):
+            found[keyword] = ""
+        elif isinstance(value, bytes):
+            delimiters = PN_DELIMITERS if dictionary_VR(tag) == "PN" else set()
+            found[keyword] = decode_bytes(value, encodings, delimiters).strip(" \0")
+        else:
+            found[keyword] = str(value).strip()
+    return found
