@@ -123,3 +123,36 @@ def test_acked_messages_wait_in_the_log_through_a_listener_crash_until_temporal_
 
     _start(bare, "listen")  # now with the real Temporal: the relay resumes from the log
     _assert_applied_exactly_once(bare, expected, "TK")
+
+
+def test_instances_stored_by_a_listener_killed_mid_association_reach_their_exam_after_restart(
+    bare: Stack, tmp_path: Path
+) -> None:
+    """The C-STORE successes were sent, then the listener died before the association ended (so
+    before any batch): the restarted listener's flusher batches what the log holds, once."""
+    from pydicom.uid import CTImageStorage
+    from pynetdicom import AE
+
+    from tests.dicom_builders import StudySpec, ct_image
+    from tests.e2e.test_storage import indexed
+
+    _start(bare, "worker", "listen", "api")
+    bare.wait_for_port(bare.dicom_port)
+    acc = "CRASHIMG1"
+    with MllpConnection(bare.mllp_port) as conn:
+        assert parse_ack(conn.request(order(acc, f"O-{acc}").encode())).code == "AA"
+    study = StudySpec(acc)
+    series = "1.2.826.0.1.3680043.8.498.1"
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", bare.dicom_port, ae_title="RADFLOW")
+    assert assoc.is_established
+    for number in range(1, 4):
+        assert assoc.send_c_store(ct_image(study, series, number)).Status == 0x0000
+    bare.stop("listen", kill=True)  # SIGKILL with the association still open
+    assoc.abort()
+
+    _start(bare, "listen")
+    bare.wait_until(lambda: indexed(bare, study.study_instance_uid) == 3, timeout=30)
+    bare.wait_until(lambda: "ImagesStored" in history_types(bare, acc), timeout=30)
+    assert history_types(bare, acc).count("ImagesStored") == 1
