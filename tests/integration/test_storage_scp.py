@@ -6,6 +6,7 @@ the outbox, which is what these tests read."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,15 @@ class Storage:
         assoc = ae.associate("127.0.0.1", self.port, ae_title="RADFLOW")
         assert assoc.is_established
         try:
-            return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+            statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
         finally:
             assoc.release()
+        # the batch is made by the SCP after its A-RELEASE-RP went out: wait for it
+        deadline = time.monotonic() + 10
+        while self.log.db.query("SELECT COUNT(*) AS n FROM dicom_instances WHERE batch_id IS NULL")[0]["n"]:
+            assert time.monotonic() < deadline, "instances were not batched after the association ended"
+            time.sleep(0.02)
+        return statuses
 
     def batches(self, study_uid: str) -> list[dict[str, Any]]:
         rows = self.log.db.query(
