@@ -71,7 +71,7 @@ SCHEMA = [
 ]
 
 # outcomes of an inbound row
-ACCEPTED, QUEUED, REFUSED, LINKED = "accepted", "queued", "refused", "linked"
+ACCEPTED, QUEUED, REFUSED, LINKED, DUPLICATE = "accepted", "queued", "refused", "linked", "duplicate"
 PREFIX = "mpps:"
 
 

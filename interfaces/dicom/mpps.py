@@ -25,7 +25,17 @@ from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
 from adapters.message_log import utcnow
-from adapters.mpps_log import ACCEPTED, LINKED, PREFIX, QUEUED, REFUSED, MppsInbound, MppsLog, MppsRecords
+from adapters.mpps_log import (
+    ACCEPTED,
+    DUPLICATE,
+    LINKED,
+    PREFIX,
+    QUEUED,
+    REFUSED,
+    MppsInbound,
+    MppsLog,
+    MppsRecords,
+)
 from domain.commands import (
     Command,
     CompleteProcedure,
@@ -204,6 +214,11 @@ def _set(records: MppsRecords, inbound: MppsInbound, changes: dict[str, Any]) ->
     if existing is None:
         return _refuse(records, inbound, NO_SUCH_SOP_INSTANCE, "no such MPPS instance")
     if existing.status in FINAL:
+        if {**existing.step, **changes, "status": changes.get("status") or existing.status} == existing.step:
+            # the modality resent the N-SET that ended the step (its reply got lost): the same
+            # answer again, and no second effect
+            row_id = records.insert(inbound, DUPLICATE, SUCCESS, accession=existing.accession or "")
+            return Answer(SUCCESS, outcome=DUPLICATE, row_id=row_id)
         return _refuse(records, inbound, PROCESSING_FAILURE, NO_LONGER_UPDATABLE, MAY_NO_LONGER_BE_UPDATED)
     status = changes.get("status") or existing.status
     if status not in STATUSES:

@@ -185,19 +185,34 @@ def test_an_n_set_for_an_unknown_instance_is_refused_with_0112(mpps: Mpps) -> No
     assert row["commands"] is None
 
 
-@pytest.mark.parametrize("final", ["COMPLETED", "DISCONTINUED"])
-def test_an_n_set_after_the_step_ended_is_refused_with_0110_and_error_id_a710(mpps: Mpps, uid: str, final: str) -> None:
+@pytest.mark.parametrize(("final", "then"), [("COMPLETED", "DISCONTINUED"), ("DISCONTINUED", "COMPLETED")])
+def test_an_n_set_after_the_step_ended_is_refused_with_0110_and_error_id_a710(
+    mpps: Mpps, uid: str, final: str, then: str
+) -> None:
     accession, step = f"ACC{uid}", generate_uid()
     mpps.order(accession)
     with mpps_scu(mpps.port) as scu:
         assert scu.create(in_progress(accession), step).status == 0x0000
         assert scu.set(ended(final), step).status == 0x0000
-        again = scu.set(ended("COMPLETED"), step)
+        again = scu.set(ended(then), step)
     assert (again.status, again.error_id) == (0x0110, 0xA710)
     assert again.comment == "Performed Procedure Step Object may no longer be updated"
     assert [r["outcome"] for r in mpps.rows(step)] == ["accepted", "accepted", "refused"]
     stored = mpps.log.step(step)
     assert stored is not None and stored.status == final
+
+
+def test_the_ending_n_set_resent_unchanged_gets_success_again_and_no_second_command(mpps: Mpps, uid: str) -> None:
+    """A modality whose N-SET reply was lost sends it again; refusing would leave it retrying."""
+    accession, step, series = f"ACC{uid}", generate_uid(), generate_uid()
+    mpps.order(accession)
+    completed = ended("COMPLETED", [series_item(series, [generate_uid()])])
+    with mpps_scu(mpps.port) as scu:
+        assert scu.create(in_progress(accession), step).status == 0x0000
+        assert scu.set(completed, step).status == 0x0000
+        assert scu.set(completed, step).status == 0x0000
+    assert [r["outcome"] for r in mpps.rows(step)] == ["accepted", "accepted", "duplicate"]
+    assert [c["kind"] for c in mpps.commands(step)] == ["start_procedure", "complete_procedure"]
     assert len(mpps.commands(step)) == 2
 
 
