@@ -79,10 +79,11 @@ def parse_peers_env(text: str) -> dict[str, Peer]:
         where = f"RADFLOW_DICOM_PEERS entry {position} ({entry!r})"
         title, equals, address = entry.partition("=")
         host, colon, port = address.rpartition(":")
+        host = host.strip()
         if not equals or not colon or not host:
             raise DicomConfigError(f"{where}: expected AET=host:port")
         ae = _ae_title(title, where)
-        peers[ae] = Peer(ae, host.strip(), _port(port, where))
+        peers[ae] = Peer(ae, host, _port(port, where))
     return peers
 
 
@@ -93,8 +94,10 @@ def parse_config(data: Any, source: str) -> DicomConfig:
         raise DicomConfigError(f"{source}: expected a mapping at the top level")
     unknown = set(data) - {"peers", "allowed_callers"}
     if unknown:
-        raise DicomConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise DicomConfigError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     peers: dict[str, Peer] = {}
+    if not isinstance(data.get("peers") or {}, dict):
+        raise DicomConfigError(f"{source}: peers must be a mapping of AE title to {{host: ..., port: ...}}")
     for title, entry in (data.get("peers") or {}).items():
         where = f"{source}: peers.{title}"
         if not isinstance(entry, dict) or "host" not in entry or "port" not in entry:
@@ -126,6 +129,8 @@ def load_dicom_config(config_file: Path | None, peers_env: str = "") -> DicomCon
             text = config_file.read_text(encoding="utf-8")
         except OSError as error:
             raise DicomConfigError(f"{config_file}: cannot read ({error.strerror})") from error
+        except UnicodeDecodeError as error:
+            raise DicomConfigError(f"{config_file}: not UTF-8 text ({error})") from error
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:

@@ -29,10 +29,15 @@ def _worker(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _listen(settings: Settings, _: argparse.Namespace) -> int:
+    from adapters.dicom_config import DicomConfigError
     from api import listen_process
 
     configure_logging("listen", settings.log_level)
-    listen_process.main(settings)
+    try:
+        listen_process.main(settings)
+    except DicomConfigError as error:  # read before any port opens: nothing was accepted
+        print(f"radflow listen: invalid DICOM configuration: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
