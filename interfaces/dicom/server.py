@@ -92,6 +92,23 @@ def _on_open(event: Any) -> None:
 VERIFICATION = DicomService("verification", [Verification], [(evt.EVT_C_ECHO, _on_echo)])
 
 
+_CONTEXT_RESULTS = {
+    0x01: "user rejection",
+    0x02: "no reason",
+    0x03: "SOP class not supported",
+    0x04: "transfer syntaxes not supported",
+}
+
+
+def rejected_contexts(assoc: Any) -> str:
+    """The presentation contexts negotiation turned down, named with the reason (PS3.8 9.3.3.2)."""
+    parts = []
+    for context in assoc.rejected_contexts:
+        name = getattr(context.abstract_syntax, "name", "") or str(context.abstract_syntax)
+        parts.append(f"{name} ({_CONTEXT_RESULTS.get(context.result, context.result)})")
+    return "; ".join(parts)[:1000]
+
+
 class AssociationTracker:
     """Opens a log row per association, counts the DIMSE messages it carries, closes the row
     and tells the services when it ended (storage batches what it received then)."""
@@ -131,12 +148,21 @@ class AssociationTracker:
         requestor = event.assoc.requestor
         peer = f"{requestor.address}:{requestor.port}"
         calling = str(requestor.ae_title).strip()
+        refused = rejected_contexts(event.assoc)
         log.info("association accepted", extra={"calling_ae": calling, "peer": peer})
+        if refused:
+            # an SOP class or transfer syntax we do not serve: the peer will abort or skip
+            # those objects, so say which, where operations look
+            log.warning("presentation contexts rejected", extra={"calling_ae": calling, "contexts": refused})
         if self._log is None:
             return
         try:
             event.assoc.radflow_id = self._log.association_opened(
-                calling, str(event.assoc.acceptor.ae_title).strip(), peer, "open"
+                calling,
+                str(event.assoc.acceptor.ae_title).strip(),
+                peer,
+                "open",
+                f"rejected presentation contexts: {refused}" if refused else "",
             )
         except Exception:
             log.exception("could not log the association")

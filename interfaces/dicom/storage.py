@@ -18,8 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
-from pynetdicom import AllStoragePresentationContexts, evt
+from pynetdicom import AllStoragePresentationContexts, evt, register_uid, sop_class
+from pynetdicom.service_class import StorageServiceClass
 
 from adapters.message_log import utcnow
 from adapters.settings import Settings
@@ -414,11 +416,31 @@ class Flusher:
             self._flush(older_than=horizon)
 
 
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom serves, plus the retired and trial image storage
+    classes pydicom's dictionary names (old ultrasound and NM modalities still send them);
+    those are registered with pynetdicom's storage service so C-STORE reaches our handler."""
+    current = [str(context.abstract_syntax) for context in AllStoragePresentationContexts]
+    known = set(current)
+    older = []
+    for uid, (name, kind, *_rest) in UID_dictionary.items():
+        if kind != "SOP Class" or not uid.startswith(IMAGE_STORAGE_ROOT) or "Storage" not in name or uid in known:
+            continue
+        keyword = "Retired" + re.sub(r"\W", "", name.title())
+        if keyword not in sop_class.__dict__:
+            register_uid(uid, keyword, StorageServiceClass)
+        older.append(uid)
+    return [*current, *older]
+
+
+IMAGE_STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1."
+
+
 def storage_service(settings: Settings, storage_log: StorageLog, flusher: Flusher) -> DicomService:
     scp = StorageScp(settings, storage_log)
     return DicomService(
         "storage",
-        [context.abstract_syntax for context in AllStoragePresentationContexts],
+        storage_sop_classes(),
         [(evt.EVT_C_STORE, scp.handle_store)],
         on_association_end=flusher.association_ended,
     )
