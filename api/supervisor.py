@@ -14,6 +14,8 @@ from pathlib import Path
 
 from adapters.settings import Settings
 
+CONFIGURATION_ERROR = 2  # a part's exit code for "fix the configuration", never restarted
+
 log = logging.getLogger("radflow.up")
 
 
@@ -108,6 +110,7 @@ def run(settings: Settings) -> int:
             "temporal": settings.temporal_target,
         },
     )
+    failed = False
     while not stopping:
         time.sleep(0.5)
         for child in children:
@@ -115,6 +118,12 @@ def run(settings: Settings) -> int:
             code = child.process.poll()
             if code is None or stopping:
                 continue
+            if code == CONFIGURATION_ERROR:
+                # restarting cannot help: the part said why on its stderr; stop everything
+                log.error("part refused its configuration, stopping", extra={"part": child.name})
+                stopping = True
+                failed = True
+                break
             ran_for = time.monotonic() - child.started_at
             child.backoff = 1.0 if ran_for > 30 else min(child.backoff * 2, 30.0)
             log.error("part exited, restarting", extra={"part": child.name, "code": code, "in_s": child.backoff})
@@ -124,6 +133,6 @@ def run(settings: Settings) -> int:
     for child in reversed(children):  # Temporal last, so workers can finish their tasks
         child.stop()
     log.info("stopped")
-    return 0
+    return CONFIGURATION_ERROR if failed else 0
 
 
