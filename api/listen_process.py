@@ -17,6 +17,7 @@ from adapters.storage_log import StorageLog
 from adapters.temporal import connect
 from api.signals import run_until_signalled
 from interfaces.dicom.mpps import mpps_service
+from interfaces.dicom.query_retrieve import query_retrieve_service
 from interfaces.dicom.server import start_dicom_server
 from interfaces.dicom.storage import Flusher, storage_service
 from interfaces.dicom.worklist import modality_worklist_service
@@ -52,6 +53,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
             modality_worklist_service(settings),
             mpps_service(mpps_log, on_accepted=wake_relay),
             storage_service(settings, storage_log, flusher),
+            query_retrieve_service(settings, dicom_config, projections_db),
         ],
         config=dicom_config,
         association_log=storage_log,

@@ -109,6 +109,37 @@ def rejected_contexts(assoc: Any) -> str:
     return "; ".join(parts)[:1000]
 
 
+def route_interventions(services: Sequence[DicomService]) -> list[tuple[Any, Any]]:
+    """Each service's handlers, with one change: pynetdicom keeps a single handler per
+    intervention event (C-FIND, N-ACTION, ...), so where several services answer the same event
+    (the worklist and Query/Retrieve both answer C-FIND) one handler picks the service by the
+    SOP class of the presentation context the request came on."""
+    by_event: dict[Any, list[tuple[frozenset[str], Any]]] = {}
+    routed: list[tuple[Any, Any]] = []
+    for service in services:
+        for event_type, handler in service.handlers:
+            if isinstance(event_type, evt.InterventionEvent):
+                by_event.setdefault(event_type, []).append(
+                    (frozenset(map(str, service.sop_classes)), handler)
+                )
+            else:
+                routed.append((event_type, handler))
+    for event_type, candidates in by_event.items():
+        if len(candidates) == 1:
+            routed.append((event_type, candidates[0][1]))
+            continue
+
+        def dispatch(event: Any, candidates: list[tuple[frozenset[str], Any]] = candidates) -> Any:
+            syntax = str(event.context.abstract_syntax)
+            for sop_classes, handler in candidates:
+                if syntax in sop_classes:
+                    return handler(event)
+            raise LookupError(f"no service for {syntax}")  # contexts come from the same lists
+
+        routed.append((event_type, dispatch))
+    return routed
+
+
 class AssociationTracker:
     """Opens a log row per association, counts the DIMSE messages it carries, closes the row
     and tells the services when it ended (storage batches what it received then)."""
@@ -232,7 +263,7 @@ def start_dicom_server(
     for service in (VERIFICATION, *services):
         for sop_class in service.sop_classes:
             ae.add_supported_context(sop_class, service.transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
-        handlers += list(service.handlers)
+    handlers += route_interventions((VERIFICATION, *services))
     server = ae.start_server(
         (settings.bind_host, settings.dicom_port if port is None else port),
         block=False,
