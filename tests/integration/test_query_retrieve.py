@@ -458,7 +458,8 @@ def test_non_latin_names_are_answered_in_a_character_set_that_holds_them(pacs: P
     assert (utf8.SpecificCharacterSet, utf8.PatientName) == ("ISO_IR 192", "山田^太郎")
 
 
-def test_a_study_query_over_a_reused_association_takes_a_few_milliseconds(pacs: Pacs) -> None:
+def test_sixty_study_queries_over_one_reused_association_all_answer_alike(pacs: Pacs) -> None:
+    """Latency is measured by bench/dicom.py; here: a reused association keeps answering."""
     assoc = associate(pacs, StudyRootQueryRetrieveInformationModelFind)
     query = identifier(
         "STUDY",
@@ -477,9 +478,7 @@ def test_a_study_query_over_a_reused_association_takes_a_few_milliseconds(pacs: 
             assert final.Status == 0x0000 and len(matches) == 2
     finally:
         assoc.release()
-    median = statistics.median(timings[10:])
-    print(f"\nC-FIND study by PatientID, reused association: median {median:.2f} ms")
-    assert median < 50  # generous for a loaded 2-core machine; measured ~3-5 ms when idle
+    print(f"\nC-FIND study by PatientID, reused association: median {statistics.median(timings[10:]):.2f} ms")
 
 
 # --- C-MOVE -------------------------------------------------------------------------------------
