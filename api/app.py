@@ -169,6 +169,14 @@ def create_app(settings: Settings) -> FastAPI:
         """C-STOREs answered with a failure status, newest first, with the reason given."""
         return {"failures": storage_log.failures(limit)}
 
+    @app.get("/api/dicom/commitments", tags=["operations"])
+    def list_commitments(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        undelivered: Annotated[bool, Query(description="only reports not yet delivered")] = False,
+    ) -> dict[str, Any]:
+        """Storage commitment requests, what radflow answered, and whether the report arrived."""
+        return {"commitments": storage_log.commitments(limit, undelivered)}
+
     @app.get("/api/exams", tags=["exams"])
     def list_exams(
         state: Annotated[str | None, Query(description="lifecycle state, e.g. ordered")] = None,

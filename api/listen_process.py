@@ -20,6 +20,7 @@ from interfaces.dicom.mpps import mpps_service
 from interfaces.dicom.query_retrieve import query_retrieve_service
 from interfaces.dicom.server import start_dicom_server
 from interfaces.dicom.storage import Flusher, storage_service
+from interfaces.dicom.storage_commitment import storage_commitment_service
 from interfaces.dicom.worklist import modality_worklist_service
 from interfaces.hl7.listener import MllpListener
 from interfaces.hl7.relay import Relay
@@ -54,6 +55,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
             mpps_service(mpps_log, on_accepted=wake_relay),
             storage_service(settings, storage_log, flusher),
             query_retrieve_service(settings, dicom_config, projections_db),
+            storage_commitment_service(settings, dicom_config, storage_log),
         ],
         config=dicom_config,
         association_log=storage_log,
