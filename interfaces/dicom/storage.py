@@ -297,7 +297,7 @@ def _batch(
     attributes = [json.loads(row["attributes"]) for row in instances]
     study: dict[str, str] = {}
     for item in attributes:  # the latest non-empty value of each attribute
-        study.update({k: v for k, v in item["study"].items() if v})
+        study.update({k: v for k, v in item.get("study", {}).items() if v})
     known = records.study(study_uid)
     first = instances[0]
     if known is None:
@@ -332,9 +332,9 @@ def _batch(
     for instance, item in zip(instances, attributes, strict=True):
         entry = series.setdefault(
             instance["series_instance_uid"],
-            {"series_instance_uid": instance["series_instance_uid"], **item["series"], "instances": []},
+            {"series_instance_uid": instance["series_instance_uid"], **item.get("series", {}), "instances": []},
         )
-        entry.update({k: v for k, v in item["series"].items() if v})
+        entry.update({k: v for k, v in item.get("series", {}).items() if v})
         entry["instances"].append(
             {
                 "sop_instance_uid": instance["sop_instance_uid"],

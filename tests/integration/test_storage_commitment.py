@@ -20,6 +20,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from adapters.dicom_config import DicomConfig, Peer
+from adapters.message_log import utcnow
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog, StoredInstance
@@ -45,6 +46,8 @@ class Scp:
         uid = generate_uid()
         path = self.folder / f"{uid}.dcm"
         path.write_bytes(b"\0" * size)
+        association = self.log.association_opened("CT01", "RADFLOW", "127.0.0.1:1", "released")
+        attributes = {"study": {"patient_id": "P1"}, "series": {"modality": "CT"}, "instance_number": "1"}
         self.log.record_instance(
             StoredInstance(
                 uid,
@@ -54,10 +57,10 @@ class Scp:
                 "1.2.840.10008.1.2.1",
                 str(path),
                 size,
-                "now",
+                utcnow(),
                 "CT01",
-                1,
-                {},
+                association,
+                attributes,
             )
         )
         return uid

@@ -56,7 +56,10 @@ class Storage:
             assoc.release()
         # the batch is made by the SCP after its A-RELEASE-RP went out: wait for it
         deadline = time.monotonic() + 10
-        while self.log.db.query("SELECT COUNT(*) AS n FROM dicom_instances WHERE batch_id IS NULL")[0]["n"]:
+        uids = [str(ds.SOPInstanceUID) for ds in datasets]
+        marks = ", ".join("?" for _ in uids)
+        unbatched = f"SELECT COUNT(*) AS n FROM dicom_instances WHERE batch_id IS NULL AND sop_instance_uid IN ({marks})"
+        while self.log.db.query(unbatched, uids)[0]["n"]:
             assert time.monotonic() < deadline, "instances were not batched after the association ended"
             time.sleep(0.02)
         return statuses
