@@ -7,6 +7,7 @@ and enforces the calling-AE allow-list with a proper A-ASSOCIATE-RJ.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import threading
@@ -15,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, transport
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from adapters.dicom_config import DicomConfig
@@ -242,6 +244,21 @@ class AssociationTracker:
                 log.exception("association end hook failed")
 
 
+def _copy_contexts(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """What pynetdicom's acceptor does with the server's presentation contexts for every new
+    association (`deepcopy`), done field by field: a context holds an immutable UID, a list of
+    UIDs and flags, so a shallow copy with its own list is the same copy. With ~200 storage
+    SOP classes deepcopy cost 65-80 ms per association (echoscu 130 ms against Orthanc's 25)."""
+    if isinstance(value, list) and all(isinstance(c, PresentationContext) for c in value):
+        copies = []
+        for context in value:
+            twin = copy.copy(context)
+            twin._transfer_syntax = list(context._transfer_syntax)
+            copies.append(twin)
+        return copies
+    return copy.deepcopy(value, memo)
+
+
 def start_dicom_server(
     settings: Settings,
     services: Sequence[DicomService] = (),
@@ -251,6 +268,7 @@ def start_dicom_server(
     association_log: AssociationLog | None = None,
 ) -> Any:
     """Start the AE in a background thread; returns the server (call `.shutdown()`)."""
+    transport.deepcopy = _copy_contexts  # type: ignore[assignment]  # see _copy_contexts
     ae = _GatedAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom_max_associations
     tracker = AssociationTracker(
