@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint system-deps lock bench clean
+.PHONY: run test install lint system-deps lock bench bench-dicom clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "radflow needs Python >= 3.11 ($(PYTHON))"; exit 1; }
@@ -37,6 +37,11 @@ lint: install
 
 bench: install
 	$(PY) bench/hl7_ingest.py
+
+# radflow vs Orthanc (installed from Debian if missing), same DICOM workloads in one run; as root
+# it runs in a private loopback-only network namespace. `make bench-dicom ARGS=--quick` (~2 min)
+bench-dicom: install system-deps
+	$(PY) bench/dicom.py $(ARGS)
 
 lock: install
 	{ echo "# Pinned versions for reproducible installs: pip install -c constraints.txt -e '.[dev]'"; \
