@@ -46,7 +46,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from adapters.dicom_config import DicomConfig, Peer
 from adapters.settings import Settings
 from adapters.sql import Database
-from interfaces.dicom.matching import SPECIFIC_CHARACTER_SET, InvalidQuery
+from interfaces.dicom.matching import InvalidQuery
 from interfaces.dicom.pacs_query import (
     FAILED_SOP_INSTANCE_UID_LIST,
     PATIENT_ROOT,
@@ -59,7 +59,8 @@ from interfaces.dicom.pacs_query import (
     select_instances,
 )
 from interfaces.dicom.server import DUL_POLL_S, DicomService
-from interfaces.dicom.worklist import character_set
+from interfaces.dicom.status import status
+from interfaces.dicom.worklist import character_set, requested_character_sets
 
 log = logging.getLogger("radflow.dicom.qr")
 
@@ -95,23 +96,6 @@ STORE_FAILED = 0xA700  # recorded for a sub-operation radflow could not even sen
 
 STORE_TIMEOUT_S = 30.0  # a peer silent this long after a C-STORE request has gone
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context ids 1..255
-
-
-def _failure(status: int, comment: str, offending: int | None = None) -> Dataset:
-    result = Dataset()
-    result.Status = status
-    result.ErrorComment = comment[:64]  # LO
-    if offending is not None:
-        result.OffendingElement = [offending]
-    return result
-
-
-def _requested_character_sets(identifier: Dataset) -> list[str]:
-    element = identifier.get(SPECIFIC_CHARACTER_SET)
-    if element is None or not element.value:
-        return []
-    raw = element.value
-    return [str(v).strip() for v in (raw if isinstance(raw, (list, tuple)) or element.VM > 1 else [raw])]
 
 
 def _peer(assoc: Any) -> dict[str, str]:
@@ -425,7 +409,7 @@ class QueryRetrieve:
         model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID))
         if model is None:
             yield (
-                _failure(
+                status(
                     UNABLE_TO_PROCESS, f"not a Query/Retrieve model: {event.request.AffectedSOPClassUID}"
                 ),
                 None,
@@ -434,15 +418,15 @@ class QueryRetrieve:
         try:
             identifier = event.identifier
             level, query = compile_find(identifier, model)
-            requested = _requested_character_sets(identifier)
+            requested = requested_character_sets(identifier)
         except InvalidQuery as error:
             log.info("c-find refused", extra={**peer, "reason": str(error)})
-            yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(error), int(error.tag)), None
+            yield status(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(error), int(error.tag)), None
             return
         except Exception as error:
             log.info("c-find unreadable", extra={**peer, "error": type(error).__name__})
             yield (
-                _failure(UNABLE_TO_PROCESS, f"identifier could not be decoded: {type(error).__name__}"),
+                status(UNABLE_TO_PROCESS, f"identifier could not be decoded: {type(error).__name__}"),
                 None,
             )
             return
@@ -450,7 +434,7 @@ class QueryRetrieve:
             items = candidates(level, self.db.query(*select(level, query)), self.ae_title)
         except Exception:
             log.exception("c-find: PACS index unavailable", extra=peer)
-            yield _failure(UNABLE_TO_PROCESS, "PACS index unavailable, try again later"), None
+            yield status(UNABLE_TO_PROCESS, "PACS index unavailable, try again later"), None
             return
         pending = PENDING_WITH_UNSUPPORTED_KEYS if query.all_unsupported() else PENDING
         matches = 0
@@ -473,7 +457,7 @@ class QueryRetrieve:
                 yield pending, response
         except Exception:
             log.exception("c-find failed", extra={**peer, "level": level, "matches": matches})
-            yield _failure(UNABLE_TO_PROCESS, "a match could not be answered"), None
+            yield status(UNABLE_TO_PROCESS, "a match could not be answered"), None
             return
         log.info(
             "c-find",

@@ -31,6 +31,7 @@ from domain.provenance import Provenance, Source
 from interfaces.dicom.header import file_meta, read_header
 from interfaces.dicom.mpps import AlreadyLinked, IllegalLink, NotQueued, UnknownAccession
 from interfaces.dicom.server import DicomService, association_id
+from interfaces.dicom.status import status
 
 log = logging.getLogger("radflow.dicom.storage")
 
@@ -143,12 +144,12 @@ class StorageScp:
             self._record_failure(
                 assoc_id, calling_ae, sop_class, sop_instance, refused.status, refused.reason
             )
-            return _status(refused.status, refused.reason)
+            return status(refused.status, refused.reason)
         except Exception as error:  # the disk or the log failed: nothing was acknowledged
             log.exception("c-store failed", extra={"sop_instance_uid": sop_instance})
             reason = f"could not store: {type(error).__name__}: {str(error)[:200]}"
             self._record_failure(assoc_id, calling_ae, sop_class, sop_instance, OUT_OF_RESOURCES, reason)
-            return _status(OUT_OF_RESOURCES, reason)
+            return status(OUT_OF_RESOURCES, reason)
         return SUCCESS
 
     def _record_failure(
@@ -215,13 +216,6 @@ class StorageScp:
                 attributes=attributes,
             )
         )
-
-
-def _status(status: int, comment: str) -> Dataset:
-    answer = Dataset()
-    answer.Status = status
-    answer.ErrorComment = comment[:64]  # LO
-    return answer
 
 
 # --- batches: from stored instances to workflows -----------------------------------------------

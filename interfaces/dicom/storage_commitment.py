@@ -27,6 +27,7 @@ from adapters.dicom_config import DicomConfig
 from adapters.settings import Settings
 from adapters.storage_log import StorageLog
 from interfaces.dicom.server import DicomService, association_id
+from interfaces.dicom.status import status
 
 log = logging.getLogger("radflow.dicom.commitment")
 
@@ -112,14 +113,6 @@ def _reference(item: dict[str, Any], failure: int | None = None) -> Dataset:
     return ref
 
 
-def _status(status: int, comment: str = "") -> Dataset:
-    answer = Dataset()
-    answer.Status = status
-    if comment:
-        answer.ErrorComment = comment[:64]
-    return answer
-
-
 class StorageCommitmentScp:
     def __init__(self, settings: Settings, config: DicomConfig, storage_log: StorageLog) -> None:
         self.ae_title = settings.ae_title
@@ -148,7 +141,7 @@ class StorageCommitmentScp:
             log.warning(
                 "n-action refused", extra={"calling_ae": calling_ae, "peer": peer, "reason": refused.comment}
             )
-            return _status(refused.status, refused.comment), None
+            return status(refused.status, refused.comment), None
         try:
             result = commitment_result(self.log, requested)
             event_type = SOME_FAILED if result["failed"] else ALL_COMMITTED
@@ -157,7 +150,7 @@ class StorageCommitmentScp:
             )
         except Exception:
             log.exception("storage commitment could not be recorded", extra={"transaction_uid": transaction})
-            return _status(PROCESSING_FAILURE, "could not be recorded; please ask again"), None
+            return status(PROCESSING_FAILURE, "could not be recorded; please ask again"), None
         log.info(
             "storage commitment",
             extra={
@@ -174,7 +167,7 @@ class StorageCommitmentScp:
             name=f"commitment-{transaction[-8:]}",
             daemon=True,
         ).start()
-        return _status(SUCCESS), None
+        return status(SUCCESS), None
 
     def _deliver(self, assoc: Any, calling_ae: str, transaction: str, event_type: int, info: Dataset) -> None:
         """Runs after the N-ACTION response went out: same association first, then new ones."""

@@ -32,6 +32,7 @@ from interfaces.dicom.matching import (
     compile_query,
 )
 from interfaces.dicom.server import DicomService
+from interfaces.dicom.status import status
 
 log = logging.getLogger("radflow.dicom.worklist")
 
@@ -227,16 +228,7 @@ def _texts(dataset: Dataset) -> Iterator[Any]:
             yield from (element.value if element.VM > 1 else [element.value])
 
 
-def _failure(status: int, comment: str, offending: int | None = None) -> Dataset:
-    result = Dataset()
-    result.Status = status
-    result.ErrorComment = comment[:64]  # LO
-    if offending is not None:
-        result.OffendingElement = [offending]
-    return result
-
-
-def _requested_character_sets(identifier: Dataset) -> list[str]:
+def requested_character_sets(identifier: Dataset) -> list[str]:
     value = identifier.get(SPECIFIC_CHARACTER_SET)
     if value is None or not value.value:
         return []
@@ -256,20 +248,20 @@ class ModalityWorklist:
         try:
             identifier = event.identifier
             query = compile_query(identifier, SCHEMA)
-            requested = _requested_character_sets(identifier)
+            requested = requested_character_sets(identifier)
         except InvalidQuery as error:
             log.info("mwl c-find refused", extra={**peer, "reason": str(error)})
-            yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(error), int(error.tag)), None
+            yield status(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(error), int(error.tag)), None
             return
         except Exception as error:  # an identifier pydicom cannot decode
             log.info("mwl c-find unreadable", extra={**peer, "error": type(error).__name__})
-            yield _failure(UNABLE_TO_PROCESS, f"identifier could not be decoded: {type(error).__name__}"), None
+            yield status(UNABLE_TO_PROCESS, f"identifier could not be decoded: {type(error).__name__}"), None
             return
         try:
             rows = self.db.query(*select(query))
         except Exception:
             log.exception("mwl c-find: worklist unavailable", extra=peer)
-            yield _failure(WORKLIST_UNAVAILABLE, "worklist unavailable, try again later"), None
+            yield status(WORKLIST_UNAVAILABLE, "worklist unavailable, try again later"), None
             return
         pending = PENDING_WITH_UNSUPPORTED_KEYS if query.all_unsupported() else PENDING
         matches = 0
@@ -290,7 +282,7 @@ class ModalityWorklist:
                 yield pending, response
         except Exception:  # a failure after some answers still ends with a status, not an abort
             log.exception("mwl c-find failed", extra={**peer, "matches": matches})
-            yield _failure(UNABLE_TO_PROCESS, "a worklist entry could not be answered"), None
+            yield status(UNABLE_TO_PROCESS, "a worklist entry could not be answered"), None
             return
         log.info("mwl c-find", extra={**peer, "candidates": len(rows), "matches": matches})
 

@@ -240,7 +240,7 @@ ROUTINE = Order("MWL-R1", patient_id="P-R", name="ROE^ROSA", modality="DX", sche
 CANCELLED = Order("MWL-C1", patient_id="P-C", name="POE^CARL", modality="CT", scheduled="20261130100000")
 MANY = [
     Order(f"MWL-X{n:02d}", patient_id="P-X", name="XU^XIN", modality="XA", scheduled="20261130080000")
-    for n in range(60)
+    for n in range(200)
 ]
 
 
