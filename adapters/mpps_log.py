@@ -240,11 +240,9 @@ class MppsLog(OutboxTable):
     @contextmanager
     def transaction(self) -> Iterator[MppsRecords]:
         """One decision: everything read and written inside commits (durably) or not at all."""
-        with self.db.transaction() as cur:
-            if self.db.dialect == "postgres":
-                # READ COMMITTED would let two associations decide on the same step or exam at
-                # once; MPPS traffic is a few messages per procedure, so one lock is enough
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("radflow-mpps",))
+        # two associations must not decide on the same step or exam at once; MPPS traffic is a
+        # few messages per procedure, so one lock is enough
+        with self.db.serialised("radflow-mpps") as cur:
             yield MppsRecords(cur)
 
     # --- the workflow's side ----------------------------------------------------------------

@@ -81,6 +81,15 @@ class Database:
             with conn.transaction(), conn.cursor() as cur:
                 yield Cursor(self, cur)
 
+    @contextmanager
+    def serialised(self, name: str) -> Iterator[Cursor]:
+        """A transaction that runs alone among those of the same name: SQLite's BEGIN IMMEDIATE
+        already serialises writers; on PostgreSQL (READ COMMITTED) an advisory lock does."""
+        with self.transaction() as cur:
+            if self.dialect == "postgres":
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+            yield cur
+
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         conn = self._connection()
         cur = conn.execute(self.sql(statement), tuple(params))

@@ -168,10 +168,8 @@ class StorageLog(OutboxTable):
 
     @contextmanager
     def transaction(self) -> Iterator[StorageRecords]:
-        with self.db.transaction() as cur:
-            if self.db.dialect == "postgres":
-                # linking decisions read the HL7 log and write the study row: one at a time
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("radflow-storage",))
+        # linking decisions read the HL7 log and write the study row: one at a time
+        with self.db.serialised("radflow-storage") as cur:
             yield StorageRecords(cur)
 
     # --- associations -----------------------------------------------------------------------
