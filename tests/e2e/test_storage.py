@@ -23,7 +23,7 @@ from pynetdicom import AE, _config
 
 from tests.conftest import Stack, make_stack
 from tests.dicom_builders import StudySpec, ct_image, write_series
-from tests.e2e.mllp import exchange, order, parse_ack, wait_for_exam
+from tests.e2e.mllp import exchange, history_types, order, parse_ack, wait_for_exam
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,6 @@ def dataset_bytes(path: Path) -> bytes:
     # (0002,0000) UL, explicit VR little endian: tag 4, VR 2, length 2, value 4
     group_length = struct.unpack("<I", data[140:144])[0]
     return data[144 + group_length :]
-
-
-def history_types(stack: Stack, acc: str) -> list[str]:
-    response = stack.get(f"/api/exams/{acc}/history")
-    response.raise_for_status()
-    return [e["type"] for e in response.json()["events"]]
 
 
 def test_an_ordered_exams_series_is_stored_byte_exact_indexed_and_attached_once_per_batch(
