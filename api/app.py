@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from temporalio.client import Client
 
 from adapters.event_store import EventStore, open_event_store
@@ -77,6 +79,26 @@ async def _port_open(host: str, port: int) -> bool:
     return True
 
 
+def _dicom_answers(host: str, port: int, called_ae: str) -> bool:
+    """A C-ECHO, not a bare TCP connect: pynetdicom keeps a connection that never sends an
+    A-ASSOCIATE-RQ as an association for its 30 s ACSE timeout, so a monitor probing the port
+    every second held ~30 of the AE's association slots and modalities got A-ASSOCIATE-RJ. A
+    rejection (an allow-list without this caller) still proves the AE is serving."""
+    ae = AE(ae_title="RADFLOW-HEALTH")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 2
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if assoc.is_rejected:
+        return True
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return "Status" in status and int(status.Status) == 0
+    finally:
+        assoc.release()
+
+
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="radflow",
@@ -118,8 +140,9 @@ def create_app(settings: Settings) -> FastAPI:
                 "address": settings.temporal_target,
                 "error": str(error)[:200] or type(error).__name__,
             }
-        for name, port in (("mllp", settings.mllp_port), ("dicom", settings.dicom_port)):
-            parts[name] = {"ok": await _port_open(settings.bind_host, port), "port": port}
+        parts["mllp"] = {"ok": await _port_open(settings.bind_host, settings.mllp_port), "port": settings.mllp_port}
+        dicom_ok = await asyncio.to_thread(_dicom_answers, settings.bind_host, settings.dicom_port, settings.ae_title)
+        parts["dicom"] = {"ok": dicom_ok, "port": settings.dicom_port, "check": "C-ECHO"}
         healthy = all(part["ok"] for part in parts.values())
         return JSONResponse(
             {"status": "ok" if healthy else "degraded", "parts": parts}, status_code=200 if healthy else 503

@@ -269,3 +269,13 @@ def test_a_stock_dcmtk_client_with_nagle_on_still_stores_fast(radflow: Stack, tm
     assert result.returncode == 0, result.stderr
     radflow.wait_until(lambda: indexed(radflow, study.study_instance_uid) == 40)
     assert elapsed < 40 * 0.088 * 0.75, f"40 stores took {elapsed:.2f} s: Nagle is back"
+
+
+def test_a_monitor_polling_healthz_does_not_use_up_the_aes_associations(radflow: Stack, tmp_path: Path) -> None:
+    """The DICOM part of /healthz is a C-ECHO: a bare TCP probe held an association slot for
+    pynetdicom's 30 s ACSE timeout, and 40 probes locked modalities out (A-ASSOCIATE-RJ)."""
+    for _ in range(40):
+        health = radflow.get("/healthz").json()
+        assert health["parts"]["dicom"]["ok"], health
+    result = storescu(radflow, write_series(tmp_path, StudySpec(accession("HZ")), 1))
+    assert result.returncode == 0, result.stderr
