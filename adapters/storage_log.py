@@ -74,21 +74,6 @@ SCHEMA = [
         applied_at TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS dicom_batches_unrelayed ON dicom_batches (id) WHERE relayed_at IS NULL",
-    # storage commitment requests (N-ACTION) and what was reported back (N-EVENT-REPORT)
-    """CREATE TABLE IF NOT EXISTS storage_commitments (
-        transaction_uid TEXT PRIMARY KEY,
-        received_at TEXT NOT NULL,
-        calling_ae TEXT NOT NULL,
-        peer TEXT NOT NULL,
-        association_id BIGINT NOT NULL,
-        requested TEXT NOT NULL,
-        result TEXT NOT NULL,
-        event_type INTEGER NOT NULL,
-        delivered_at TEXT,
-        delivered_how TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
-    )""",
     # one row per study: whether (and to which exam) it is linked, or why it waits
     """CREATE TABLE IF NOT EXISTS dicom_studies (
         study_instance_uid TEXT PRIMARY KEY,
@@ -289,63 +274,6 @@ class StorageLog(OutboxTable):
             "SELECT * FROM dicom_instances WHERE batch_id IS NULL AND received_at <= ? ORDER BY received_at",
             (older_than or utcnow(),),
         ).fetchall()
-
-    # --- storage commitment ------------------------------------------------------------------
-
-    def record_commitment(
-        self,
-        transaction_uid: str,
-        calling_ae: str,
-        peer: str,
-        association_id: int,
-        requested: list[dict[str, str]],
-        result: dict[str, Any],
-        event_type: int,
-    ) -> None:
-        """Durable before the N-ACTION success: a report owed survives a restart. A repeated
-        Transaction UID (the modality asking again) gets a fresh answer and is owed again."""
-        with self.db.transaction() as cur:
-            cur.execute(
-                "INSERT INTO storage_commitments (transaction_uid, received_at, calling_ae, peer, association_id, "
-                "requested, result, event_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (transaction_uid) DO UPDATE SET received_at = excluded.received_at, "
-                "calling_ae = excluded.calling_ae, peer = excluded.peer, association_id = excluded.association_id, "
-                "requested = excluded.requested, result = excluded.result, event_type = excluded.event_type, "
-                "delivered_at = NULL, delivered_how = NULL, attempts = 0, last_error = NULL",
-                (
-                    transaction_uid,
-                    utcnow(),
-                    calling_ae,
-                    peer,
-                    association_id,
-                    json.dumps(requested),
-                    json.dumps(result),
-                    event_type,
-                ),
-            )
-
-    def commitment_delivered(self, transaction_uid: str, how: str) -> None:
-        self.db.execute(
-            "UPDATE storage_commitments SET delivered_at = ?, delivered_how = ?, attempts = attempts + 1, "
-            "last_error = NULL WHERE transaction_uid = ?",
-            (utcnow(), how, transaction_uid),
-        )
-
-    def commitment_failed(self, transaction_uid: str, error: str) -> None:
-        self.db.execute(
-            "UPDATE storage_commitments SET attempts = attempts + 1, last_error = ? WHERE transaction_uid = ?",
-            (error[:500], transaction_uid),
-        )
-
-    def commitments(self, limit: int = 100, undelivered: bool = False) -> list[dict[str, Any]]:
-        where = "WHERE delivered_at IS NULL " if undelivered else ""
-        rows = self.db.query(
-            f"SELECT * FROM storage_commitments {where}ORDER BY received_at DESC LIMIT ?", (limit,)
-        )
-        for row in rows:
-            row["requested"] = json.loads(row["requested"])
-            row["result"] = json.loads(row["result"])
-        return rows
 
     # --- the workflow's side ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from temporalio.client import Client
 
+from adapters.commitment_log import CommitmentLog
 from adapters.event_store import EventStore, open_event_store
 from adapters.mpps_log import MppsLog
 from adapters.settings import Settings
@@ -114,6 +115,8 @@ def create_app(settings: Settings) -> FastAPI:
     mpps_log.create_schema()
     storage_log = StorageLog(mpps_log.db)
     storage_log.create_schema()
+    commitment_log = CommitmentLog(storage_log.db)
+    commitment_log.create_schema()
     app.include_router(reconciliation_router(mpps_log, storage_log))
     temporal: dict[str, Client] = {}
 
@@ -198,7 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
         undelivered: Annotated[bool, Query(description="only reports not yet delivered")] = False,
     ) -> dict[str, Any]:
         """Storage commitment requests, what radflow answered, and whether the report arrived."""
-        return {"commitments": storage_log.commitments(limit, undelivered)}
+        return {"commitments": commitment_log.recent(limit, undelivered)}
 
     @app.get("/api/exams", tags=["exams"])
     def list_exams(

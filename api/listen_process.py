@@ -16,11 +16,11 @@ from adapters.sql import Database
 from adapters.storage_log import StorageLog
 from adapters.temporal import connect
 from api.signals import run_until_signalled
+from interfaces.dicom.commitment import storage_commitment_service
 from interfaces.dicom.mpps import mpps_service
 from interfaces.dicom.query_retrieve import query_retrieve_service
 from interfaces.dicom.server import start_dicom_server
 from interfaces.dicom.storage import Flusher, storage_service
-from interfaces.dicom.storage_commitment import storage_commitment_service
 from interfaces.dicom.worklist import modality_worklist_service
 from interfaces.hl7.listener import MllpListener
 from interfaces.hl7.relay import Relay
