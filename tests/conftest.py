@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +172,20 @@ def make_stack(tmp: Path, temporal_address: str, extra_env: dict[str, str] | Non
         **(extra_env or {}),
     }
     return Stack(data_dir, env, mllp, http, dicom)
+
+
+@contextmanager
+def running_stack(tmp: Path, temporal_address: str, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """worker, listen and api started, their MLLP, HTTP and DICOM ports open; stopped after."""
+    s = make_stack(tmp, temporal_address, extra_env)
+    for part in ("worker", "listen", "api"):
+        s.start(part)
+    try:
+        for port in (s.mllp_port, s.http_port, s.dicom_port):
+            s.wait_for_port(port)
+        yield s
+    finally:
+        s.stop_all()
 
 
 @pytest.fixture

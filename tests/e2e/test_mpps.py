@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.conftest import ROOT, Stack, free_port, make_stack
+from tests.conftest import ROOT, Stack, free_port, make_stack, running_stack
 from tests.e2e.mllp import assert_still_serves, cancel, exchange, order, parse_ack, wait_for_exam
 from tests.integration.mpps_builders import ended, in_progress, mpps_scu, series_item
 
@@ -30,15 +30,8 @@ DVTK = Path("dicom") / "dvtk" / "mpps"
 
 @pytest.fixture(scope="module")
 def radflow(tmp_path_factory: pytest.TempPathFactory, temporal_address: str) -> Iterator[Stack]:
-    stack = make_stack(tmp_path_factory.mktemp("mpps"), temporal_address)
-    for part in ("worker", "listen", "api"):
-        stack.start(part)
-    try:
-        for port in (stack.mllp_port, stack.http_port, stack.dicom_port):
-            stack.wait_for_port(port)
+    with running_stack(tmp_path_factory.mktemp("mpps"), temporal_address) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def accession(tag: str) -> str:

@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from tests.conftest import Stack, free_port, make_stack
+from tests.conftest import Stack, free_port, running_stack
 from tests.dicom_builders import StudySpec, write_series
 from tests.e2e.mllp import exchange, order, parse_ack, wait_for_exam
 from tests.e2e.test_storage import dataset_bytes
@@ -56,19 +56,12 @@ def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Pa
 def radflow(
     tmp_path_factory: pytest.TempPathFactory, temporal_address: str, storescp: tuple[int, Path]
 ) -> Iterator[Stack]:
-    stack = make_stack(
+    with running_stack(
         tmp_path_factory.mktemp("scheduled"),
         temporal_address,
         {"RADFLOW_DICOM_PEERS": f"WORKSTATION=127.0.0.1:{storescp[0]}"},
-    )
-    for part in ("worker", "listen", "api"):
-        stack.start(part)
-    try:
-        for port in (stack.mllp_port, stack.http_port, stack.dicom_port):
-            stack.wait_for_port(port)
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def worklist_item(stack: Stack, acc: str) -> dict[str, str]:

@@ -21,22 +21,15 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
-from tests.conftest import Stack, make_stack
+from tests.conftest import Stack, running_stack
 from tests.dicom_builders import StudySpec, ct_image, write_series
 from tests.e2e.mllp import exchange, history_types, order, parse_ack, wait_for_exam
 
 
 @pytest.fixture(scope="module")
 def radflow(tmp_path_factory: pytest.TempPathFactory, temporal_address: str) -> Iterator[Stack]:
-    stack = make_stack(tmp_path_factory.mktemp("storage"), temporal_address)
-    for part in ("worker", "listen", "api"):
-        stack.start(part)
-    try:
-        for port in (stack.mllp_port, stack.http_port, stack.dicom_port):
-            stack.wait_for_port(port)
+    with running_stack(tmp_path_factory.mktemp("storage"), temporal_address) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def accession(tag: str) -> str:

@@ -48,7 +48,7 @@ import pydicom
 import pytest
 from pydicom.uid import UID
 
-from tests.conftest import Stack, make_stack
+from tests.conftest import Stack, running_stack
 from tests.e2e.test_storage import query
 
 pytestmark = pytest.mark.corpus
@@ -401,15 +401,8 @@ def judge(stack: Stack, candidate: Candidate, run: StoreRun, wire: bytes | None)
 
 @pytest.fixture(scope="module")
 def radflow(tmp_path_factory: pytest.TempPathFactory, temporal_address: str) -> Iterator[Stack]:
-    stack = make_stack(tmp_path_factory.mktemp("storage-corpus"), temporal_address)
-    for part in ("worker", "listen", "api"):
-        stack.start(part)
-    try:
-        for port in (stack.mllp_port, stack.http_port, stack.dicom_port):
-            stack.wait_for_port(port)
+    with running_stack(tmp_path_factory.mktemp("storage-corpus"), temporal_address) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def report_table(outcomes: list[Outcome]) -> str:
