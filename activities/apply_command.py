@@ -45,7 +45,9 @@ ExamCommand = PlaceOrder | CancelOrder | StartProcedure | CompleteProcedure | Di
 class OutcomeLog(Protocol):
     """An inbound log that keeps what applying its rows did; each ignores ids not its own."""
 
-    def record_outcome(self, message_id: str, status: str, reason: str) -> None: ...
+    def record_outcome(
+        self, message_id: str, status: str, reason: str, events: Sequence[dict[str, Any]] = ()
+    ) -> None: ...
 
 
 class CommandActivities:
@@ -61,11 +63,26 @@ class CommandActivities:
         self._store = store
         self._logs: list[OutcomeLog] = [*([message_log] if message_log is not None else []), *other_logs]
         self._on_saved = on_saved
+        self._recorded: list[dict[str, Any]] = []  # the events the current command caused
+
+    def _save(self, *aggregates: Any) -> None:
+        """Save in one transaction and remember the events, so that the inbound record can
+        link to what it caused (and each event already links back by its provenance)."""
+        for recording in self._store.save(*aggregates):
+            event = recording.domain_event
+            self._recorded.append(
+                {
+                    "aggregate_id": str(event.originator_id),
+                    "version": event.originator_version,
+                    "type": type(event).__qualname__.rsplit(".", 1)[-1],
+                }
+            )
 
     @activity.defn(name="apply_command")
     def apply_command(self, data: dict[str, Any]) -> dict[str, Any]:
         command = command_from_dict(data)
         for attempt in range(3):
+            self._recorded = []
             try:
                 outcome = self._apply(command)
                 break
@@ -74,7 +91,10 @@ class CommandActivities:
                     raise
         for outcome_log in self._logs:
             outcome_log.record_outcome(
-                command.provenance.source.message_id, outcome["status"], outcome.get("reason", "")
+                command.provenance.source.message_id,
+                outcome["status"],
+                outcome.get("reason", ""),
+                self._recorded,
             )
         if outcome["status"] == REFUSED:
             log.warning(
@@ -121,7 +141,7 @@ class CommandActivities:
         if isinstance(command, (CompleteProcedure, DiscontinueProcedure)):
             # the images may have come before the modality said which it made
             exam.check_images(self._held(exam), command.provenance, deadline_passed=False)
-        self._store.save(exam)
+        self._save(exam)
         self._on_saved()
         return self._exam_outcome(exam)
 
@@ -155,19 +175,19 @@ class CommandActivities:
             study = Study.first_stored(command)
         study.store(command)
         if not command.accession:  # waits in its own workflow for reconciliation
-            self._store.save(study)
+            self._save(study)
             self._on_saved()
             return {"status": APPLIED, "state": "unlinked" if not study.accession else "linked"}
         exam: Exam | None = self._store.get_or_none(exam_id(command.accession))
         if exam is None:
             # matched against the HL7 log, yet no exam: keep the images, let a person decide
-            self._store.save(study)
+            self._save(study)
             self._on_saved()
             return {"status": REFUSED, "state": None, "reason": str(UnknownExam(command.accession))}
         try:
             study.link(command.accession, "accession number matched the order", command.provenance)
         except DomainError as refusal:
-            self._store.save(study)
+            self._save(study)
             self._on_saved()
             return {"status": REFUSED, "state": exam.state.value, "reason": str(refusal)}
         return self._attach(exam, study, command)
@@ -176,7 +196,7 @@ class CommandActivities:
         counts = {series: len(sops) for series, sops in study.series_instances().items()}
         exam.record_images(study.study_instance_uid, counts, command.provenance)
         exam.check_images(self._held(exam, study), command.provenance, deadline_passed=False)
-        self._store.save(exam, study)  # one transaction: both or neither
+        self._save(exam, study)  # one transaction: both or neither
         self._on_saved()
         return self._exam_outcome(exam)
 
@@ -203,7 +223,7 @@ class CommandActivities:
         if exam.has_applied(command.provenance):
             return {"status": DUPLICATE, "state": exam.state.value}
         exam.check_images(self._held(exam), command.provenance, deadline_passed=True)
-        self._store.save(exam)
+        self._save(exam)
         self._on_saved()
         return self._exam_outcome(exam)
 
@@ -216,7 +236,7 @@ class CommandActivities:
             patient = Patient.register(command.patient, command.patient_class, command.provenance)
         else:
             patient.update(command.patient, command.patient_class, command.provenance)
-        self._store.save(patient)
+        self._save(patient)
         self._on_saved()
         return {"status": APPLIED, "state": "registered"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -196,7 +196,9 @@ class MessageLog(OutboxTable):
 
     # --- the workflow's side ----------------------------------------------------------------
 
-    def record_outcome(self, message_id: str, status: str, reason: str) -> None:
+    def record_outcome(
+        self, message_id: str, status: str, reason: str, events: Sequence[dict[str, Any]] = ()
+    ) -> None:
         """Store what applying the message did (applied / refused), for operations to filter."""
         if not message_id.startswith("hl7:"):
             return

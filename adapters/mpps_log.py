@@ -10,7 +10,7 @@ same transaction that decides the DIMSE status.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -247,7 +247,9 @@ class MppsLog(OutboxTable):
 
     # --- the workflow's side ----------------------------------------------------------------
 
-    def record_outcome(self, message_id: str, status: str, reason: str) -> None:
+    def record_outcome(
+        self, message_id: str, status: str, reason: str, events: Sequence[dict[str, Any]] = ()
+    ) -> None:
         """Store what applying the row did. A step the exam refused goes (back) to the
         reconciliation queue: the modality was told success, so a person has to see it."""
         if not message_id.startswith(PREFIX):

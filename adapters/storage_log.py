@@ -9,7 +9,7 @@ Batches are an outbox of the relay like the other inbound logs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -277,7 +277,9 @@ class StorageLog(OutboxTable):
 
     # --- the workflow's side ----------------------------------------------------------------
 
-    def record_outcome(self, message_id: str, status: str, reason: str) -> None:
+    def record_outcome(
+        self, message_id: str, status: str, reason: str, events: Sequence[dict[str, Any]] = ()
+    ) -> None:
         """What applying a batch did; a batch its exam refused sends the study to reconciliation."""
         if not message_id.startswith(PREFIX):
             return

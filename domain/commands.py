@@ -171,6 +171,102 @@ class CheckImages(Command):
     accession: str
 
 
+@dataclass(frozen=True)
+class ModifyOrder(Command):
+    """ORM/OMI order control XO: the placer changed an order it sent. `changes` holds only the
+    PlaceOrder fields the message carried (field name -> new value), so absent fields keep
+    their value."""
+
+    kind: ClassVar[str] = "modify_order"
+    accession: str
+    changes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ScheduleExam(Command):
+    """An appointment was booked, moved or changed (SIU S12/S13/S14, ORM SC with ORC-5 SC)."""
+
+    kind: ClassVar[str] = "schedule_exam"
+    accession: str
+    scheduled_at: str  # ISO 8601
+    appointment_id: str = ""  # SCH-1 / SCH-2
+    location: str = ""  # room or resource (AIL / AIG)
+    duration_min: int = 0
+
+
+@dataclass(frozen=True)
+class CancelAppointment(Command):
+    """SIU S15: the appointment is cancelled, the order stands (the exam is ordered again)."""
+
+    kind: ClassVar[str] = "cancel_appointment"
+    accession: str
+    appointment_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RecordReport(Command):
+    """Inbound ORU^R01 from an external reporting system: the exam's report, as sent."""
+
+    kind: ClassVar[str] = "record_report"
+    accession: str
+    text: str
+    result_status: str = "F"  # OBR-25: P preliminary, F final, C corrected
+    author: str = ""  # OBR-32 principal result interpreter
+    reported_at: str = ""  # ISO 8601 (OBR-7/OBR-22 or OBX-14)
+
+
+@dataclass(frozen=True)
+class DischargePatient(Command):
+    """ADT^A03: the visit ended."""
+
+    kind: ClassVar[str] = "discharge_patient"
+    patient: PatientDemographics
+    discharged_at: str = ""
+
+
+@dataclass(frozen=True)
+class CancelAdmission(Command):
+    """ADT^A11: the admission (or registration) was entered in error."""
+
+    kind: ClassVar[str] = "cancel_admission"
+    patient: PatientDemographics
+
+
+@dataclass(frozen=True)
+class MergePatients(Command):
+    """ADT^A40 (merge) or A47 (identifier change): `prior` (MRG-1) becomes `patient` (PID-3).
+    Routed to the survivor; the message log fans it out to every exam and study of the prior
+    patient as ChangeExamPatient / ChangeStudyPatient."""
+
+    kind: ClassVar[str] = "merge_patients"
+    patient: PatientDemographics  # the survivor
+    prior: PatientDemographics
+    how: str = "merge"  # merge | identifier_change
+
+
+@dataclass(frozen=True)
+class ChangeExamPatient(Command):
+    """One exam of a merged patient moves to the survivor."""
+
+    kind: ClassVar[str] = "change_exam_patient"
+    accession: str
+    patient: PatientDemographics
+    prior_key: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ChangeStudyPatient(Command):
+    """One stored study of a merged patient moves to the survivor."""
+
+    kind: ClassVar[str] = "change_study_patient"
+    study_instance_uid: str
+    patient: PatientDemographics
+    prior_key: str
+    reason: str = ""
+
+
 PROCEDURE_COMMANDS = (StartProcedure, CompleteProcedure, DiscontinueProcedure)
 COMMANDS: dict[str, type[Command]] = {
     c.kind: c
@@ -183,6 +279,15 @@ COMMANDS: dict[str, type[Command]] = {
         StoreInstances,
         LinkStudy,
         CheckImages,
+        ModifyOrder,
+        ScheduleExam,
+        CancelAppointment,
+        RecordReport,
+        DischargePatient,
+        CancelAdmission,
+        MergePatients,
+        ChangeExamPatient,
+        ChangeStudyPatient,
     )
 }
 EXAM_COMMANDS = frozenset(
@@ -192,8 +297,16 @@ EXAM_COMMANDS = frozenset(
         *(c.kind for c in PROCEDURE_COMMANDS),
         LinkStudy.kind,
         CheckImages.kind,
+        ModifyOrder.kind,
+        ScheduleExam.kind,
+        CancelAppointment.kind,
+        RecordReport.kind,
+        ChangeExamPatient.kind,
     }
 )
+# commands that name an existing exam by accession: refused at once (AE) when no order for it
+# was ever accepted
+EXAM_REFERENCES = frozenset(EXAM_COMMANDS - {PlaceOrder.kind, CheckImages.kind, LinkStudy.kind})
 
 
 def command_from_dict(data: dict[str, Any]) -> Command:
@@ -205,8 +318,10 @@ def command_from_dict(data: dict[str, Any]) -> Command:
         value = data[f.name]
         if f.name == "provenance":
             value = Provenance.from_dict(value)
-        elif f.name == "patient":
+        elif f.name in ("patient", "prior"):
             value = PatientDemographics(**value)
+        elif f.name == "changes":
+            value = dict(value)
         elif f.name == "series" and cls is not StoreInstances:
             value = series_from_dicts(value)
         elif f.name == "series":
@@ -235,12 +350,28 @@ def series_as_dicts(series: Sequence[PerformedSeries]) -> list[dict[str, Any]]:
 
 def workflow_id_for(command: Command) -> str:
     """One workflow per exam (`exam-<accession>`) and one per patient identity."""
-    if isinstance(command, (PlaceOrder, CancelOrder, *PROCEDURE_COMMANDS, LinkStudy, CheckImages)):
+    if isinstance(
+        command,
+        (
+            PlaceOrder,
+            CancelOrder,
+            *PROCEDURE_COMMANDS,
+            LinkStudy,
+            CheckImages,
+            ModifyOrder,
+            ScheduleExam,
+            CancelAppointment,
+            RecordReport,
+            ChangeExamPatient,
+        ),
+    ):
         return f"exam-{command.accession}"
+    if isinstance(command, ChangeStudyPatient):
+        return f"study-{command.study_instance_uid}"
     if isinstance(command, StoreInstances):
         # a matched study joins its exam's queue (ordered with the MPPS); an unmatched one
         # waits in a workflow of its own until a person links it
         return f"exam-{command.accession}" if command.accession else f"study-{command.study_instance_uid}"
-    if isinstance(command, (RegisterPatient, UpdatePatient)):
+    if isinstance(command, (RegisterPatient, UpdatePatient, DischargePatient, CancelAdmission, MergePatients)):
         return f"patient-{command.patient.key}"
     raise TypeError(f"no workflow for {type(command).__name__}")
