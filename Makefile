@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint system-deps lock bench bench-dicom clean
+.PHONY: run test install lint system-deps lock bench bench-dicom bench-hl7-mapping clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "radflow needs Python >= 3.11 ($(PYTHON))"; exit 1; }
@@ -37,6 +37,11 @@ lint: install
 
 bench: install
 	$(PY) bench/hl7_ingest.py
+
+# HL7 engine: parse+map msgs/s (no I/O), outbound deliveries/s, message-browser search at 10^6
+# logged messages (SQLite and PostgreSQL). `make bench-hl7-mapping ARGS=--quick` (~3 min)
+bench-hl7-mapping: install
+	$(PY) bench/hl7_mapping.py $(ARGS)
 
 # radflow vs Orthanc (installed from Debian if missing), same DICOM workloads in one run; as root
 # it runs in a private loopback-only network namespace. `make bench-dicom ARGS=--quick` (~2 min)

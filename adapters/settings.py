@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     task_queue: str = "radflow"
     mllp_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     mllp_read_timeout_s: float = Field(default=60.0, gt=0)
+    # MLLP over TLS (inbound): PEM files; with cert+key set the listener serves only TLS
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_ca: Path | None = None  # CA for client certificates
+    mllp_tls_require_client_cert: bool = False  # mutual TLS: refuse peers without a CA-signed cert
     log_level: str = "INFO"
     dicom_config: Path | None = None  # YAML: peers and allowed calling AEs (adapters/dicom_config)
     dicom_max_associations: int = Field(default=32, ge=1)  # concurrent; beyond: A-ASSOCIATE-RJ
@@ -35,6 +40,7 @@ class Settings(BaseSettings):
     # how long a completed exam waits for the instances its MPPS referenced before saying
     # which are missing
     images_timeout_s: float = Field(default=900.0, gt=0)
+    hl7_config_dir: Path | None = None  # the site's HL7 config folder (channels, destinations.yaml)
 
     @property
     def uses_postgres(self) -> bool:

@@ -13,10 +13,14 @@ from temporalio.client import Client
 
 from adapters.commitment_log import CommitmentLog
 from adapters.event_store import EventStore, open_event_store
+from adapters.message_log import MessageLog
 from adapters.mpps_log import MppsLog
+from adapters.outbound_log import OutboundLog
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog
+from api.hl7_messages import hl7_messages_router
+from api.hl7_outbound import hl7_outbound_router
 from api.reconciliation import reconciliation_router
 from domain.exam import exam_id
 from projections.pacs_index import PacsIndexProjection
@@ -65,10 +69,16 @@ def event_json(event: Any) -> dict[str, Any]:
         "recorded_at": event.timestamp.isoformat(),
         "actor": provenance.get("actor"),
         "source": provenance.get("source", {}),
+        "message_href": _message_href(provenance.get("source", {}).get("message_id", "")),
         "context": provenance.get("extra", {}),  # e.g. the reason a person gave for a link
         "schema_version": provenance.get("schema_version"),
         "data": attributes,
     }
+
+
+def _message_href(message_id: str) -> str | None:
+    """An event caused by an HL7 message links back to it in the message browser."""
+    return f"/api/hl7/messages/{message_id.removeprefix('hl7:')}" if message_id.startswith("hl7:") else None
 
 
 async def _port_open(host: str, port: int) -> bool:
@@ -100,6 +110,12 @@ def _dicom_answers(host: str, port: int, called_ae: str) -> bool:
         assoc.release()
 
 
+def _outbound_log(db: Database) -> OutboundLog:
+    outbound = OutboundLog(db)
+    outbound.create_schema()
+    return outbound
+
+
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="radflow",
@@ -118,6 +134,8 @@ def create_app(settings: Settings) -> FastAPI:
     commitment_log = CommitmentLog(storage_log.db)
     commitment_log.create_schema()
     app.include_router(reconciliation_router(mpps_log, storage_log))
+    app.include_router(hl7_messages_router(MessageLog(mpps_log.db), store))
+    app.include_router(hl7_outbound_router(_outbound_log(mpps_log.db)))
     temporal: dict[str, Client] = {}
 
     @app.get("/healthz", tags=["operations"])

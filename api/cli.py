@@ -9,6 +9,7 @@ from pathlib import Path
 
 from adapters.logs import configure_logging
 from adapters.settings import Settings, load_settings
+from api.hl7_outbound_cli import add_outbound_commands
 
 PROJECTIONS = ("worklist", "pacs_index")
 
@@ -21,15 +22,21 @@ def _up(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, _: argparse.Namespace) -> int:
+    from adapters.outbound_config import OutboundConfigError
     from api import worker_process
 
     configure_logging("worker", settings.log_level)
-    worker_process.main(settings)
+    try:
+        worker_process.main(settings)
+    except OutboundConfigError as error:  # read before any work is taken
+        print(f"radflow worker: invalid outbound destinations:\n{error}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _listen(settings: Settings, _: argparse.Namespace) -> int:
     from adapters.dicom_config import DicomConfigError
+    from adapters.tls import TlsConfigError
     from api import listen_process
 
     configure_logging("listen", settings.log_level)
@@ -37,6 +44,9 @@ def _listen(settings: Settings, _: argparse.Namespace) -> int:
         listen_process.main(settings)
     except DicomConfigError as error:  # read before any port opens: nothing was accepted
         print(f"radflow listen: invalid DICOM configuration: {error}", file=sys.stderr)
+        return 2
+    except TlsConfigError as error:  # the MLLP TLS files, read before the port opens
+        print(f"radflow listen: invalid MLLP TLS configuration: {error}", file=sys.stderr)
         return 2
     return 0
 
@@ -70,15 +80,21 @@ def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> int:
-    from interfaces.hl7.sender import send_files
+    from adapters.tls import TlsConfigError
+    from interfaces.hl7.sender import send_files, send_tls_context
 
     configure_logging("cli", "WARNING")
     host = args.host or settings.bind_host
     port = args.port or settings.mllp_port
+    try:
+        tls = send_tls_context(args.tls, args.ca, args.cert, args.key, verify=not args.insecure)
+    except TlsConfigError as error:
+        print(f"radflow hl7 send: {error}", file=sys.stderr)
+        return 2
 
     async def send() -> list[str]:
         codes = []
-        async for path, code, text in send_files([Path(f) for f in args.files], host, port):
+        async for path, code, text in send_files([Path(f) for f in args.files], host, port, tls):
             print(f"{path}: {code} {text}".rstrip(), flush=True)
             codes.append(code)
         return codes
@@ -193,6 +209,75 @@ def _reconcile_link_study(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _message_log(settings: Settings):  # type: ignore[no-untyped-def]
+    from adapters.message_log import MessageLog
+    from adapters.sql import Database
+
+    message_log = MessageLog(Database.for_file(settings, settings.messages_sqlite_path))
+    message_log.create_schema()
+    return message_log
+
+
+def _hl7_search(settings: Settings, args: argparse.Namespace) -> int:
+    from api.hl7_messages import BadQuery, message_filters, search_messages
+
+    configure_logging("cli", "WARNING")
+    try:
+        filters = message_filters(
+            accession=args.accession,
+            mrn=args.mrn,
+            placer=args.placer,
+            filler=args.filler,
+            control_id=args.control_id,
+            type=args.type,
+            sender=args.sender,
+            status=args.status,
+            applied=args.applied,
+            since=args.since,
+            until=args.until,
+        )
+        page = search_messages(_message_log(settings), filters, args.limit, args.before)
+    except BadQuery as error:
+        print(f"radflow hl7 search: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+
+        print(json.dumps(page, indent=2))
+        return 0
+    if not page["messages"]:
+        print("no messages match")
+        return 0
+    print(f"{'ID':>8} {'RECEIVED AT':<32} {'TYPE':<12} {'SENDER':<12} {'CONTROL ID':<20} {'ACCESSION':<14} {'MRN':<12} {'STATUS':<9} ACK REASON")
+    for m in page["messages"]:
+        note = m["reason"] or (f"reprocess of {m['reprocess_of']}" if m["reprocess_of"] else "")
+        print(
+            f"{m['id']:>8} {m['received_at']:<32} {m['type']:<12} {m['sender']:<12} {m['control_id']:<20} "
+            f"{m['accession'] or '':<14} {m['mrn'] or '':<12} {m['status']:<9} {m['ack_code']:<3} {note}"
+        )
+    if page["next"] is not None:
+        print(f"NEXT: --before {page['next']}")
+    return 0
+
+
+def _hl7_reprocess(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.message_log import ACCEPTED, UnknownMessage
+    from api.hl7_messages import reprocess_message
+
+    configure_logging("cli", "WARNING")
+    if not args.reason.strip():
+        print("radflow hl7 reprocess: --reason must not be blank", file=sys.stderr)
+        return 2
+    try:
+        entry, created = reprocess_message(_message_log(settings), args.id, args.reason.strip(), args.user)
+    except UnknownMessage as error:
+        print(f"radflow hl7 reprocess: {error}", file=sys.stderr)
+        return 2
+    how = "reprocessed as" if created else "already reprocessed with this outcome as"
+    print(f"message {args.id} {how} message {entry['id']}: {entry['status']} {entry['ack_code']} {entry['reason'] or ''}".rstrip())
+    return 0 if entry["status"] == ACCEPTED else 1
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="radflow",
@@ -251,7 +336,27 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("files", nargs="+", help="files holding one HL7 message each")
     send.add_argument("--host")
     send.add_argument("--port", type=int)
+    send.add_argument("--tls", action="store_true", help="MLLP over TLS")
+    send.add_argument("--ca", type=Path, help="PEM CA file the server's certificate must chain to")
+    send.add_argument("--cert", type=Path, help="PEM client certificate, for servers that demand one")
+    send.add_argument("--key", type=Path, help="PEM key of --cert (when not inside it)")
+    send.add_argument("--insecure", action="store_true", help="with --tls: do not verify the server")
     send.set_defaults(run=_send)
+    h_search = h_sub.add_parser("search", help="search the HL7 message log, newest first")
+    for option in ("accession", "mrn", "placer", "filler", "control-id", "type", "sender", "status", "applied"):
+        h_search.add_argument(f"--{option}", default="")
+    h_search.add_argument("--since", default="", help="ISO 8601 date or date-time, inclusive")
+    h_search.add_argument("--until", default="", help="ISO 8601 date or date-time, exclusive")
+    h_search.add_argument("--limit", type=int, default=50)
+    h_search.add_argument("--before", type=int, help="the NEXT cursor a previous search printed")
+    h_search.add_argument("--json", action="store_true", help="print JSON, as GET /api/hl7/messages does")
+    h_search.set_defaults(run=_hl7_search)
+    h_reprocess = h_sub.add_parser("reprocess", help="process a stored message again, with a reason")
+    h_reprocess.add_argument("id", type=int, help="message id (see radflow hl7 search)")
+    h_reprocess.add_argument("--reason", required=True, help="why; kept with the new outcome")
+    h_reprocess.add_argument("--user", default="cli")
+    h_reprocess.set_defaults(run=_hl7_reprocess)
+    add_outbound_commands(h_sub)
     return root
 
 

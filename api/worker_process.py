@@ -11,18 +11,24 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.worker import Worker
 
 from activities.apply_command import CommandActivities
+from activities.deliver_hl7 import DeliveryActivities
 from adapters.event_store import open_event_store
 from adapters.message_log import MessageLog
 from adapters.mpps_log import MppsLog
+from adapters.outbound_config import load_destinations
+from adapters.outbound_log import OutboundLog
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog
 from adapters.temporal import connect
 from api.signals import run_until_signalled
+from interfaces.hl7.outbound_dispatcher import OutboundDispatcher
+from projections.order_status_feed import OrderStatusFeed
 from projections.pacs_index import PacsIndexProjection
 from projections.runner import ProjectionRunner
 from projections.worklist import WorklistProjection
 from workflows.exam import ExamWorkflow
+from workflows.outbound import OutboundLaneWorkflow
 from workflows.patient import PatientWorkflow
 from workflows.study import StudyWorkflow
 
@@ -49,8 +55,16 @@ def message_log(settings: Settings) -> MessageLog:
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    # read first: an invalid destinations.yaml stops the worker before it takes any work
+    destinations = load_destinations(settings.hl7_config_dir)
     store = open_event_store(settings)
     runners = projection_runners(settings)
+    # the order status feed runs over the messages database, where the outbound queue lives
+    outbound = OutboundLog(Database.for_file(settings, settings.messages_sqlite_path))
+    outbound.create_schema()
+    feed = ProjectionRunner(store, outbound.db, OrderStatusFeed(destinations))
+    feed.create_schema()
+    runners.append(feed)
     threads = [
         threading.Thread(target=r.run_forever, name=f"projection-{r.projection.name}", daemon=True)
         for r in runners
@@ -75,17 +89,21 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         images_timeout_s=settings.images_timeout_s,
     )
     client = await connect(settings)
+    delivery = DeliveryActivities(outbound, destinations)
+    dispatcher = OutboundDispatcher(outbound, destinations, client, settings.task_queue)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity") as executor:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ExamWorkflow, PatientWorkflow, StudyWorkflow],
-            activities=[activities.apply_command],
+            workflows=[ExamWorkflow, PatientWorkflow, StudyWorkflow, OutboundLaneWorkflow],
+            activities=[activities.apply_command, delivery.deliver_hl7, delivery.dead_letter_hl7],
             activity_executor=executor,
         )
         log.info("worker started", extra={"task_queue": settings.task_queue})
         async with worker:
+            dispatching = asyncio.create_task(dispatcher.run_forever(), name="outbound-dispatcher")
             await stop.wait()
+            dispatching.cancel()
     for runner in runners:
         runner.stop()
 
