@@ -17,20 +17,29 @@ from temporalio import activity
 from adapters.event_store import EventStore
 from adapters.message_log import MessageLog
 from domain.commands import (
+    CancelAdmission,
+    CancelAppointment,
     CancelOrder,
+    ChangeExamPatient,
+    ChangeStudyPatient,
     CheckImages,
     Command,
     CompleteProcedure,
+    DischargePatient,
     DiscontinueProcedure,
     LinkStudy,
+    MergePatients,
+    ModifyOrder,
     PlaceOrder,
+    RecordReport,
     RegisterPatient,
+    ScheduleExam,
     StartProcedure,
     StoreInstances,
     UpdatePatient,
     command_from_dict,
 )
-from domain.errors import DomainError, ExamAlreadyOrdered, UnknownExam
+from domain.errors import DomainError, ExamAlreadyOrdered, UnknownExam, UnknownPatient, UnknownStudy
 from domain.exam import Exam, exam_id
 from domain.patient import Patient, patient_id
 from domain.study import Study, study_id
@@ -39,7 +48,31 @@ log = logging.getLogger("radflow.apply")
 
 APPLIED, DUPLICATE, REFUSED = "applied", "duplicate", "refused"
 
-ExamCommand = PlaceOrder | CancelOrder | StartProcedure | CompleteProcedure | DiscontinueProcedure
+ExamCommand = (
+    PlaceOrder
+    | CancelOrder
+    | StartProcedure
+    | CompleteProcedure
+    | DiscontinueProcedure
+    | ModifyOrder
+    | ScheduleExam
+    | CancelAppointment
+    | RecordReport
+    | ChangeExamPatient
+)
+EXAM_COMMAND_TYPES = (
+    PlaceOrder,
+    CancelOrder,
+    StartProcedure,
+    CompleteProcedure,
+    DiscontinueProcedure,
+    ModifyOrder,
+    ScheduleExam,
+    CancelAppointment,
+    RecordReport,
+    ChangeExamPatient,
+)
+PatientCommand = RegisterPatient | UpdatePatient | DischargePatient | CancelAdmission
 
 
 class OutcomeLog(Protocol):
@@ -108,12 +141,14 @@ class CommandActivities:
         return outcome
 
     def _apply(self, command: Command) -> dict[str, Any]:
-        if isinstance(
-            command, (PlaceOrder, CancelOrder, StartProcedure, CompleteProcedure, DiscontinueProcedure)
-        ):
+        if isinstance(command, EXAM_COMMAND_TYPES):
             return self._apply_to_exam(command)
-        if isinstance(command, (RegisterPatient, UpdatePatient)):
+        if isinstance(command, (RegisterPatient, UpdatePatient, DischargePatient, CancelAdmission)):
             return self._apply_to_patient(command)
+        if isinstance(command, MergePatients):
+            return self._merge_patients(command)
+        if isinstance(command, ChangeStudyPatient):
+            return self._change_study_patient(command)
         if isinstance(command, StoreInstances):
             return self._store_instances(command)
         if isinstance(command, LinkStudy):
@@ -134,7 +169,8 @@ class CommandActivities:
             else:
                 if exam is None:
                     raise UnknownExam(command.accession)
-                _perform(exam, command)
+                if _perform(exam, command) is False:
+                    return {"status": APPLIED, "state": exam.state.value, "reason": "nothing changed"}
         except DomainError as refusal:
             state = exam.state.value if exam is not None else None
             return {"status": REFUSED, "state": state, "reason": str(refusal)}
@@ -227,25 +263,93 @@ class CommandActivities:
         self._on_saved()
         return self._exam_outcome(exam)
 
-    def _apply_to_patient(self, command: RegisterPatient | UpdatePatient) -> dict[str, Any]:
+    def _apply_to_patient(self, command: PatientCommand) -> dict[str, Any]:
         patient: Patient | None = self._store.get_or_none(patient_id(command.patient.key))
         if patient is not None and patient.has_applied(command.provenance):
             return {"status": DUPLICATE, "state": "registered"}
-        if patient is None:
-            # an update for an identity we never saw registers it: the HIS is the master
-            patient = Patient.register(command.patient, command.patient_class, command.provenance)
-        else:
-            patient.update(command.patient, command.patient_class, command.provenance)
+        try:
+            if isinstance(command, (DischargePatient, CancelAdmission)):
+                if patient is None:
+                    raise UnknownPatient(command.patient.key)
+                if isinstance(command, DischargePatient):
+                    patient.discharge(command.discharged_at, command.provenance)
+                else:
+                    patient.cancel_admission(command.provenance)
+            elif patient is None:
+                # an update for an identity we never saw registers it: the HIS is the master
+                patient = Patient.register(command.patient, command.patient_class, command.provenance)
+            else:
+                patient.update(command.patient, command.patient_class, command.provenance)
+        except DomainError as refusal:
+            return {"status": REFUSED, "state": None, "reason": str(refusal)}
         self._save(patient)
         self._on_saved()
         return {"status": APPLIED, "state": "registered"}
 
 
-def _perform(
-    exam: Exam, command: CancelOrder | StartProcedure | CompleteProcedure | DiscontinueProcedure
-) -> None:
-    """Call the exam's method for a command on an existing exam; the exam decides."""
+    def _merge_patients(self, command: MergePatients) -> dict[str, Any]:
+        """Survivor and prior change in one transaction; the exams and studies of the prior
+        move by their own commands (the message log fanned them out)."""
+        survivor: Patient | None = self._store.get_or_none(patient_id(command.patient.key))
+        if survivor is not None and survivor.has_applied(command.provenance):
+            return {"status": DUPLICATE, "state": "registered"}
+        prior: Patient | None = self._store.get_or_none(patient_id(command.prior.key))
+        if survivor is None:
+            survivor = Patient.register(command.patient, "", command.provenance)
+        try:
+            if not survivor.absorb(prior, command.prior.key, command.how, command.provenance):
+                return {"status": DUPLICATE, "state": "merged", "reason": "already merged"}
+        except DomainError as refusal:
+            return {"status": REFUSED, "state": None, "reason": str(refusal)}
+        self._save(*(p for p in (survivor, prior) if p is not None))
+        self._on_saved()
+        return {"status": APPLIED, "state": "merged"}
+
+    def _change_study_patient(self, command: ChangeStudyPatient) -> dict[str, Any]:
+        study: Study | None = self._store.get_or_none(study_id(command.study_instance_uid))
+        if study is None:
+            return {"status": REFUSED, "state": None, "reason": str(UnknownStudy(command.study_instance_uid))}
+        if study.has_applied(command.provenance):
+            return {"status": DUPLICATE, "state": "stored"}
+        if not study.change_patient(_patient_dict(command), command.prior_key, command.reason, command.provenance):
+            return {"status": APPLIED, "state": "stored", "reason": "nothing changed"}
+        self._save(study)
+        self._on_saved()
+        return {"status": APPLIED, "state": "stored"}
+
+
+def _patient_dict(command: ChangeExamPatient | ChangeStudyPatient) -> dict[str, Any]:
+    p = command.patient
+    return {"id": p.id, "issuer": p.issuer, "name": p.name, "birth_date": p.birth_date, "sex": p.sex}
+
+
+def _perform(exam: Exam, command: ExamCommand) -> bool | None:
+    """Call the exam's method for a command on an existing exam; the exam decides. False:
+    nothing to record (e.g. an order change that changes nothing)."""
     match command:
+        case ModifyOrder():
+            return exam.modify(command.changes, command.provenance)
+        case ScheduleExam():
+            exam.schedule(
+                command.scheduled_at,
+                command.provenance,
+                appointment_id=command.appointment_id,
+                location=command.location,
+                duration_min=command.duration_min,
+            )
+        case CancelAppointment():
+            exam.cancel_appointment(command.reason, command.provenance, appointment_id=command.appointment_id)
+        case RecordReport():
+            exam.report(
+                command.provenance,
+                text=command.text,
+                result_status=command.result_status,
+                author=command.author,
+                reported_at=command.reported_at,
+                source="external",
+            )
+        case ChangeExamPatient():
+            return exam.change_patient(_patient_dict(command), command.prior_key, command.reason, command.provenance)
         case CancelOrder():
             exam.cancel(command.reason, command.provenance)
         case StartProcedure():
@@ -273,3 +377,4 @@ def _perform(
                 ended_at=command.ended_at,
                 series=command.series,
             )
+    return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from adapters import patient_links
 from adapters.outbox import OutboxTable
 from adapters.sql import Cursor, Database
 from domain.commands import EXAM_REFERENCES
@@ -243,6 +244,7 @@ class MessageLog(OutboxTable):
                         cur.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
             for statement in INDEXES:
                 cur.execute(statement)
+            patient_links.create_schema(cur)
 
     def _columns(self, cur: Cursor, table: str) -> set[str]:
         if self.db.dialect == "sqlite":
@@ -294,6 +296,8 @@ class MessageLog(OutboxTable):
                         command.get("filler_order_number") or None,
                     ),
                 )
+        # merged patient ids resolve to their survivor; a merge fans out to the prior's exams
+        inbound.commands = patient_links.apply(cur, row_id, inbound.commands)
         cur.execute(
             "UPDATE hl7_messages SET commands = ? WHERE id = ?",
             (json.dumps(inbound.commands), row_id),

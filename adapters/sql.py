@@ -131,5 +131,9 @@ class Cursor:
         return [dict(row) for row in self._cursor.fetchall()]
 
     @property
+    def dialect(self) -> str:
+        return self._db.dialect
+
+    @property
     def rowcount(self) -> int:
         return int(self._cursor.rowcount)

@@ -56,3 +56,21 @@ class UnknownStudy(DomainError):
     def __init__(self, study_instance_uid: str) -> None:
         super().__init__(f"study {study_instance_uid}: no instances stored")
         self.study_instance_uid = study_instance_uid
+
+
+class OrderFrozen(DomainError):
+    """The placer changed an order after the modality began it: a person has to reconcile."""
+
+    def __init__(self, accession: str, state: str) -> None:
+        super().__init__(f"exam {accession}: order cannot change once the exam is {state}")
+        self.accession = accession
+        self.state = state
+
+
+class PatientMergedAway(DomainError):
+    """A patient id that was merged into another no longer takes updates of its own."""
+
+    def __init__(self, patient_key: str, survivor_key: str) -> None:
+        super().__init__(f"patient {patient_key}: merged into {survivor_key}")
+        self.patient_key = patient_key
+        self.survivor_key = survivor_key

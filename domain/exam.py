@@ -14,7 +14,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.commands import PerformedSeries, PlaceOrder, series_as_dicts
 from domain.completeness import missing_instances, referenced_instances
-from domain.errors import ForeignProcedureStep, IllegalTransition
+from domain.errors import ForeignProcedureStep, IllegalTransition, OrderFrozen
 from domain.lifecycle import TERMINAL_STATES, ExamAction, ExamState, next_state
 from domain.provenance import Provenance
 
@@ -72,9 +72,73 @@ class Exam(Aggregate):
         self._check(ExamAction.CANCEL)
         self._cancelled(reason=reason, provenance=provenance.as_dict())
 
-    def schedule(self, scheduled_at: str, provenance: Provenance) -> None:
+    def schedule(
+        self,
+        scheduled_at: str,
+        provenance: Provenance,
+        *,
+        appointment_id: str = "",
+        location: str = "",
+        duration_min: int = 0,
+    ) -> None:
         self._check(ExamAction.SCHEDULE)
-        self._scheduled(scheduled_at=scheduled_at, provenance=provenance.as_dict())
+        self._scheduled(
+            scheduled_at=scheduled_at,
+            provenance=provenance.as_dict(),
+            appointment_id=appointment_id,
+            location=location,
+            duration_min=duration_min,
+        )
+
+    def cancel_appointment(self, reason: str, provenance: Provenance, *, appointment_id: str = "") -> None:
+        """The booking is gone, the order is not: back to the scheduler's list."""
+        self._check(ExamAction.UNSCHEDULE)
+        self._appointment_cancelled(
+            reason=reason, appointment_id=appointment_id, provenance=provenance.as_dict()
+        )
+
+    # what an order change (ORC-1 XO) may touch: the accession names the exam and the patient
+    # moves only by merge
+    MODIFIABLE = frozenset(
+        {
+            "placer_order_number",
+            "filler_order_number",
+            "requested_procedure_id",
+            "study_instance_uid",
+            "priority",
+            "procedure_code",
+            "procedure_text",
+            "modality",
+            "scheduled_at",
+            "referring_physician",
+            "reason",
+        }
+    )
+
+    def modify(self, changes: dict[str, str], provenance: Provenance) -> bool:
+        """Apply the fields the placer changed; False when nothing actually differs (no event).
+        Once the modality began the exam the order is what was performed: refused."""
+        if self.state not in (ExamState.ORDERED, ExamState.SCHEDULED):
+            raise OrderFrozen(self.accession, self.state.value)
+        changed = {
+            key: value
+            for key, value in changes.items()
+            if key in self.MODIFIABLE and value and self.order.get(key) != value
+        }
+        if not changed:
+            return False
+        self._order_modified(changes=changed, provenance=provenance.as_dict())
+        return True
+
+    def change_patient(self, patient: dict[str, Any], prior_key: str, reason: str, provenance: Provenance) -> bool:
+        """Move the exam to another patient identity (a merge): a fact in any state."""
+        current = self.order.get("patient", {})
+        if f"{current.get('issuer', '')}|{current.get('id', '')}" == f"{patient.get('issuer', '')}|{patient.get('id', '')}":
+            return False
+        self._patient_changed(
+            prior_key=prior_key, patient=patient, reason=reason, provenance=provenance.as_dict()
+        )
+        return True
 
     def start(
         self,
@@ -142,9 +206,32 @@ class Exam(Aggregate):
         if mpps_uid and self.mpps_uid and mpps_uid != self.mpps_uid:
             raise ForeignProcedureStep(self.accession, mpps_uid, self.mpps_uid)
 
-    def report(self, provenance: Provenance) -> None:
+    def report(
+        self,
+        provenance: Provenance,
+        *,
+        text: str = "",
+        result_status: str = "F",
+        author: str = "",
+        reported_at: str = "",
+        source: str = "",
+    ) -> None:
+        """A final (F) or corrected (C) report moves the exam to reported; a preliminary (P)
+        one is kept on the completed exam without moving it, so the final one still counts."""
+        details = {
+            "text": text,
+            "result_status": result_status,
+            "author": author,
+            "reported_at": reported_at,
+            "source": source,
+        }
+        if result_status.upper() == "P":
+            if self.state not in (ExamState.COMPLETED,):
+                raise IllegalTransition(self.accession, self.state.value, "record a preliminary report")
+            self._preliminary_report(provenance=provenance.as_dict(), **details)
+            return
         self._check(ExamAction.REPORT)
-        self._reported(provenance=provenance.as_dict())
+        self._reported(provenance=provenance.as_dict(), **details)
 
     def bill(self, provenance: Provenance) -> None:
         self._check(ExamAction.BILL)
@@ -160,10 +247,49 @@ class Exam(Aggregate):
     def _cancelled(self, reason: str, provenance: dict[str, Any]) -> None:
         self._moved(ExamAction.CANCEL, provenance)
 
-    @event("ExamScheduled")
-    def _scheduled(self, scheduled_at: str, provenance: dict[str, Any]) -> None:
+    class ExamScheduled(Aggregate.Event):
+        # version 2 adds the appointment an SIU booked
+        class_version = 2
+        scheduled_at: str
+        provenance: dict[str, Any]
+        appointment_id: str
+        location: str
+        duration_min: int
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("appointment_id", "")
+            state.setdefault("location", "")
+            state.setdefault("duration_min", 0)
+
+    @event(ExamScheduled)
+    def _scheduled(
+        self,
+        scheduled_at: str,
+        provenance: dict[str, Any],
+        appointment_id: str,
+        location: str,
+        duration_min: int,
+    ) -> None:
         self.order = {**self.order, "scheduled_at": scheduled_at}
         self._moved(ExamAction.SCHEDULE, provenance)
+
+    @event("AppointmentCancelled")
+    def _appointment_cancelled(self, reason: str, appointment_id: str, provenance: dict[str, Any]) -> None:
+        self.order = {**self.order, "scheduled_at": ""}
+        self._moved(ExamAction.UNSCHEDULE, provenance)
+
+    @event("OrderModified")
+    def _order_modified(self, changes: dict[str, str], provenance: dict[str, Any]) -> None:
+        self.order = {**self.order, **changes}
+        self.applied.append(Provenance.from_dict(provenance).dedupe_key)
+
+    @event("ExamPatientChanged")
+    def _patient_changed(
+        self, prior_key: str, patient: dict[str, Any], reason: str, provenance: dict[str, Any]
+    ) -> None:
+        self.order = {**self.order, "patient": dict(patient)}
+        self.applied.append(Provenance.from_dict(provenance).dedupe_key)
 
     # Version 1 of these three events carried only the provenance (and the reason); version 2
     # adds what the MPPS said. The upcasters let exams stored before MPPS existed load.
@@ -304,9 +430,45 @@ class Exam(Aggregate):
         self._ended_with(series)
         self._moved(ExamAction.DISCONTINUE, provenance)
 
-    @event("ExamReported")
-    def _reported(self, provenance: dict[str, Any]) -> None:
+    class ExamReported(Aggregate.Event):
+        # version 2 carries the report itself (an external reporting system's ORU)
+        class_version = 2
+        provenance: dict[str, Any]
+        text: str
+        result_status: str
+        author: str
+        reported_at: str
+        source: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            for key in ("text", "author", "reported_at", "source"):
+                state.setdefault(key, "")
+            state.setdefault("result_status", "F")
+
+    @event(ExamReported)
+    def _reported(
+        self,
+        provenance: dict[str, Any],
+        text: str,
+        result_status: str,
+        author: str,
+        reported_at: str,
+        source: str,
+    ) -> None:
         self._moved(ExamAction.REPORT, provenance)
+
+    @event("PreliminaryReportRecorded")
+    def _preliminary_report(
+        self,
+        provenance: dict[str, Any],
+        text: str,
+        result_status: str,
+        author: str,
+        reported_at: str,
+        source: str,
+    ) -> None:
+        self.applied.append(Provenance.from_dict(provenance).dedupe_key)
 
     @event("ExamBilled")
     def _billed(self, provenance: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ class ExamState(StrEnum):
 
 class ExamAction(StrEnum):
     SCHEDULE = "schedule"
+    UNSCHEDULE = "unschedule"  # the appointment is cancelled, the order stands
     START = "start"
     COMPLETE = "complete"
     DISCONTINUE = "discontinue"
@@ -35,6 +36,7 @@ S, A = ExamState, ExamAction
 TRANSITIONS: dict[tuple[ExamState, ExamAction], ExamState] = {
     (S.ORDERED, A.SCHEDULE): S.SCHEDULED,
     (S.SCHEDULED, A.SCHEDULE): S.SCHEDULED,  # rescheduled
+    (S.SCHEDULED, A.UNSCHEDULE): S.ORDERED,
     (S.ORDERED, A.START): S.IN_PROGRESS,  # walk-in: the modality starts before booking
     (S.SCHEDULED, A.START): S.IN_PROGRESS,
     (S.IN_PROGRESS, A.COMPLETE): S.COMPLETED,

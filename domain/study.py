@@ -72,6 +72,22 @@ class Study(Aggregate):
             provenance=provenance.as_dict(),
         )
 
+    def change_patient(self, patient: dict[str, Any], prior_key: str, reason: str, provenance: Provenance) -> bool:
+        """Move the study to another patient identity (a merge); False when already there.
+        The files keep the Patient ID they were sent with; the index and the history say who."""
+        if self.study.get("patient_id") == patient.get("id") and self.study.get("patient_issuer", "") == patient.get(
+            "issuer", ""
+        ):
+            return False
+        self._patient_changed(
+            study_instance_uid=self.study_instance_uid,
+            prior_key=prior_key,
+            patient=patient,
+            reason=reason,
+            provenance=provenance.as_dict(),
+        )
+        return True
+
     def series_instances(self) -> dict[str, set[str]]:
         held: dict[str, set[str]] = {}
         for sop_instance_uid, instance in self.instances.items():
@@ -101,4 +117,21 @@ class Study(Aggregate):
         self, study_instance_uid: str, accession: str, reason: str, provenance: dict[str, Any]
     ) -> None:
         self.accession = accession
+        self.applied.append(Provenance.from_dict(provenance).dedupe_key)
+
+    @event("StudyPatientChanged")
+    def _patient_changed(
+        self,
+        study_instance_uid: str,
+        prior_key: str,
+        patient: dict[str, Any],
+        reason: str,
+        provenance: dict[str, Any],
+    ) -> None:
+        self.study = {
+            **self.study,
+            "patient_id": patient.get("id", ""),
+            "patient_issuer": patient.get("issuer", ""),
+            **({"patient_name": patient["name"]} if patient.get("name") else {}),
+        }
         self.applied.append(Provenance.from_dict(provenance).dedupe_key)

@@ -101,6 +101,13 @@ class PacsIndexProjection:
                 "UPDATE pacs_studies SET linked_accession = ?, updated_at = ? WHERE study_instance_uid = ?",
                 (event.accession, at, event.study_instance_uid),
             )
+        elif kind == "StudyPatientChanged":  # a merge: Q/R answers with the surviving identity
+            patient = event.patient
+            cur.execute(
+                "UPDATE pacs_studies SET patient_id = ?, patient_name = CASE WHEN ? = '' THEN patient_name "
+                "ELSE ? END, updated_at = ? WHERE study_instance_uid = ?",
+                (patient.get("id", ""), patient.get("name", ""), patient.get("name", ""), at, event.study_instance_uid),
+            )
 
     def _stored(self, cur: Cursor, event: Any, at: str) -> None:
         study_uid = event.study_instance_uid

@@ -70,12 +70,44 @@ def dicom_date_time(scheduled_at: str | None) -> tuple[str | None, str | None]:
     return moment.strftime("%Y%m%d"), moment.strftime("%H%M%S")
 
 
+# order fields an order change (OrderModified) may carry -> worklist columns
+MODIFIABLE_COLUMNS = {
+    "placer_order_number": "placer_order_number",
+    "filler_order_number": "filler_order_number",
+    "requested_procedure_id": "requested_procedure_id",
+    "study_instance_uid": "study_instance_uid",
+    "priority": "priority",
+    "procedure_code": "procedure_code",
+    "procedure_text": "procedure_text",
+    "modality": "modality",
+    "referring_physician": "referring_physician",
+}
+
+
 class WorklistProjection:
     name = "worklist"
     # 2: patient birth date/sex, referring physician, DA/TM schedule, SPS id, station AE (MWL)
     schema_version = 2
     schema: Sequence[str] = SCHEMA
     tables: Sequence[str] = ("worklist",)
+
+    @staticmethod
+    def _order_modified(cur: Cursor, changes: dict[str, str], recorded_at: str, exam: str) -> None:
+        updates = [(column, changes[key]) for key, column in MODIFIABLE_COLUMNS.items() if key in changes]
+        if "scheduled_at" in changes:
+            scheduled_date, scheduled_time = dicom_date_time(changes["scheduled_at"])
+            updates += [
+                ("scheduled_at", changes["scheduled_at"] or None),
+                ("scheduled_date", scheduled_date),
+                ("scheduled_time", scheduled_time),
+            ]
+        if not updates:
+            return
+        assignments = ", ".join(f"{column} = ?" for column, _ in updates)
+        cur.execute(
+            f"UPDATE worklist SET {assignments}, updated_at = ? WHERE exam_id = ?",
+            (*(value for _, value in updates), recorded_at, exam),
+        )
 
     def handle(self, cur: Cursor, event: Any) -> None:
         kind = type(event).__name__
@@ -130,6 +162,31 @@ class WorklistProjection:
                     event.scheduled_at or None,
                     scheduled_date,
                     scheduled_time,
+                    recorded_at,
+                    str(event.originator_id),
+                ),
+            )
+        elif kind == "AppointmentCancelled":
+            cur.execute(
+                "UPDATE worklist SET state = 'ordered', scheduled_at = NULL, scheduled_date = NULL, "
+                "scheduled_time = NULL, updated_at = ? WHERE exam_id = ?",
+                (recorded_at, str(event.originator_id)),
+            )
+        elif kind == "OrderModified":
+            self._order_modified(cur, event.changes, recorded_at, str(event.originator_id))
+        elif kind == "ExamPatientChanged":
+            patient = event.patient
+            cur.execute(
+                "UPDATE worklist SET patient_ref = ?, patient_id = ?, patient_issuer = ?, "
+                "patient_name = ?, patient_birth_date = ?, patient_sex = ?, updated_at = ? "
+                "WHERE exam_id = ?",
+                (
+                    str(patient_id(f"{patient.get('issuer', '')}|{patient.get('id', '')}")),
+                    patient.get("id", ""),
+                    patient.get("issuer", ""),
+                    patient.get("name", ""),
+                    patient.get("birth_date", ""),
+                    patient.get("sex", ""),
                     recorded_at,
                     str(event.originator_id),
                 ),

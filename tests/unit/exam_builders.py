@@ -64,6 +64,8 @@ def perform(exam: Exam, action: ExamAction, by: Provenance | None = None) -> Non
             exam.bill(by)
         case ExamAction.CANCEL:
             exam.cancel("ordered in error", by)
+        case ExamAction.UNSCHEDULE:
+            exam.cancel_appointment("patient asked for another day", by)
 
 
 def path_to(state: ExamState) -> list[ExamAction]:

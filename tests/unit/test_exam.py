@@ -33,6 +33,7 @@ EVENT_NAMES = {
     ExamAction.REPORT: "ExamReported",
     ExamAction.BILL: "ExamBilled",
     ExamAction.CANCEL: "ExamCancelled",
+    ExamAction.UNSCHEDULE: "AppointmentCancelled",
 }
 
 

@@ -71,6 +71,10 @@ class ExamLifecycle(RuleBasedStateMachine):
     def schedule(self, by: Provenance, scheduled_at: str) -> None:
         self.attempt(ExamAction.SCHEDULE, by, lambda: self.exam.schedule(scheduled_at, by))
 
+    @rule(by=provenances, reason=texts)
+    def cancel_appointment(self, by: Provenance, reason: str) -> None:
+        self.attempt(ExamAction.UNSCHEDULE, by, lambda: self.exam.cancel_appointment(reason, by))
+
     @rule(by=provenances)
     def start(self, by: Provenance) -> None:
         self.attempt(ExamAction.START, by, lambda: self.exam.start(by))

@@ -34,6 +34,7 @@ def test_the_table_holds_exactly_the_documented_lifecycle() -> None:
     assert TRANSITIONS == {
         (s.ORDERED, a.SCHEDULE): s.SCHEDULED,
         (s.SCHEDULED, a.SCHEDULE): s.SCHEDULED,
+        (s.SCHEDULED, a.UNSCHEDULE): s.ORDERED,
         (s.ORDERED, a.START): s.IN_PROGRESS,
         (s.SCHEDULED, a.START): s.IN_PROGRESS,
         (s.IN_PROGRESS, a.COMPLETE): s.COMPLETED,
