@@ -162,6 +162,9 @@ class Inbound:
     # (ack code, reason, HL7 table 0357 condition, ERR-2 location) -> ACK bytes: lets the log's
     # own refusals (unknown accession) name their condition; build_ack is used when absent
     build_error_ack: Callable[[str, str, tuple[str, str], str], bytes] | None = None
+    # what the channel noticed but accepted (tolerant validation, code table misses) and what its
+    # code tables added (CPT, expected duration): shown by the dry run, not stored
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

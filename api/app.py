@@ -19,10 +19,12 @@ from adapters.outbound_log import OutboundLog
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog
+from api.hl7_mapping import hl7_mapping_router
 from api.hl7_messages import hl7_messages_router
 from api.hl7_outbound import hl7_outbound_router
 from api.reconciliation import reconciliation_router
 from domain.exam import exam_id
+from interfaces.hl7.channels import load_channels
 from projections.pacs_index import PacsIndexProjection
 from projections.runner import ProjectionRunner
 from projections.worklist import PRIORITY_RANK, WorklistProjection
@@ -134,8 +136,13 @@ def create_app(settings: Settings) -> FastAPI:
     commitment_log = CommitmentLog(storage_log.db)
     commitment_log.create_schema()
     app.include_router(reconciliation_router(mpps_log, storage_log))
-    app.include_router(hl7_messages_router(MessageLog(mpps_log.db), store))
+    app.include_router(
+        hl7_messages_router(
+            MessageLog(mpps_log.db), store, channels=lambda: load_channels(settings.hl7_config_dir)
+        )
+    )
     app.include_router(hl7_outbound_router(_outbound_log(mpps_log.db)))
+    app.include_router(hl7_mapping_router(settings))
     temporal: dict[str, Client] = {}
 
     @app.get("/healthz", tags=["operations"])

@@ -37,6 +37,7 @@ def _worker(settings: Settings, _: argparse.Namespace) -> int:
 def _listen(settings: Settings, _: argparse.Namespace) -> int:
     from adapters.dicom_config import DicomConfigError
     from adapters.tls import TlsConfigError
+    from adapters.yaml_config import ConfigError
     from api import listen_process
 
     configure_logging("listen", settings.log_level)
@@ -47,6 +48,9 @@ def _listen(settings: Settings, _: argparse.Namespace) -> int:
         return 2
     except TlsConfigError as error:  # the MLLP TLS files, read before the port opens
         print(f"radflow listen: invalid MLLP TLS configuration: {error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:  # the HL7 channels, read before the port opens
+        print(f"radflow listen: invalid HL7 channel configuration: {error}", file=sys.stderr)
         return 2
     return 0
 
@@ -260,18 +264,33 @@ def _hl7_search(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _hl7_map(settings: Settings, args: argparse.Namespace) -> int:
+    from api.hl7_mapping import map_file_command
+
+    configure_logging("cli", "WARNING")
+    return map_file_command(settings, args)
+
+
 def _hl7_reprocess(settings: Settings, args: argparse.Namespace) -> int:
     from adapters.message_log import ACCEPTED, UnknownMessage
+    from adapters.yaml_config import ConfigError
     from api.hl7_messages import reprocess_message
+    from interfaces.hl7.channels import load_channels
 
     configure_logging("cli", "WARNING")
     if not args.reason.strip():
         print("radflow hl7 reprocess: --reason must not be blank", file=sys.stderr)
         return 2
     try:
-        entry, created = reprocess_message(_message_log(settings), args.id, args.reason.strip(), args.user)
+        channels = load_channels(settings.hl7_config_dir)  # the site's current mapping
+        entry, created = reprocess_message(
+            _message_log(settings), args.id, args.reason.strip(), args.user, channels
+        )
     except UnknownMessage as error:
         print(f"radflow hl7 reprocess: {error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:
+        print(f"radflow hl7 reprocess: invalid HL7 channel configuration: {error}", file=sys.stderr)
         return 2
     how = "reprocessed as" if created else "already reprocessed with this outcome as"
     print(f"message {args.id} {how} message {entry['id']}: {entry['status']} {entry['ack_code']} {entry['reason'] or ''}".rstrip())
@@ -356,6 +375,11 @@ def parser() -> argparse.ArgumentParser:
     h_reprocess.add_argument("--reason", required=True, help="why; kept with the new outcome")
     h_reprocess.add_argument("--user", default="cli")
     h_reprocess.set_defaults(run=_hl7_reprocess)
+    h_map = h_sub.add_parser("map", help="dry run: what radflow would do with a message, without doing it")
+    h_map.add_argument("file", type=Path, help="a file holding one HL7 message")
+    h_map.add_argument("--channel", help="map with this channel instead of the one the header selects")
+    h_map.add_argument("--json", action="store_true", help="print JSON, as POST /api/hl7/map does")
+    h_map.set_defaults(run=_hl7_map)
     add_outbound_commands(h_sub)
     return root
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
-import hl7
 from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -24,8 +24,10 @@ from adapters.message_log import (
     UnknownMessage,
     utcnow,
 )
+from adapters.yaml_config import ConfigError
 from domain.exam import exam_id
 from interfaces.hl7.decoding import decode
+from interfaces.hl7.dry_run import message_tree
 from interfaces.hl7.intake import interpret
 
 log = logging.getLogger("radflow.hl7.browser")
@@ -133,31 +135,6 @@ def summary_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def message_tree(text: str) -> list[dict[str, Any]]:
-    """Segments and their non-empty fields with HL7 positions (MSH-1 is the field separator),
-    each field split into repetitions and components with the message's own separators."""
-    try:
-        parsed = hl7.parse(text)
-        separators = parsed.separators  # segment, field, repetition, component, subcomponent
-    except Exception as error:  # a message the listener refused may not parse at all
-        return [{"error": f"cannot parse: {type(error).__name__}: {str(error)[:200]}"}]
-    rep_sep, comp_sep = (separators + "~^")[2], (separators + "~^~^")[3]
-    tree = []
-    for segment in parsed:
-        name = str(segment[0])
-        fields = []
-        for position in range(1, len(segment)):
-            value = str(segment[position])
-            if not value:
-                continue
-            entry: dict[str, Any] = {"position": f"{name}-{position}", "value": value}
-            if not (name == "MSH" and position <= 2) and (rep_sep in value or comp_sep in value):
-                entry["repetitions"] = [rep.split(comp_sep) for rep in value.split(rep_sep)]
-            fields.append(entry)
-        tree.append({"segment": name, "fields": fields})
-    return tree
-
-
 def _text(data: bytes | None) -> str:
     if not data:
         return ""
@@ -213,7 +190,7 @@ def detail_json(message_log: MessageLog, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def reprocess_message(
-    message_log: MessageLog, message_id: int, reason: str, user: str
+    message_log: MessageLog, message_id: int, reason: str, user: str, channels: Any = None
 ) -> tuple[dict[str, Any], bool]:
     """Interpret the stored raw bytes again with the current mapping and record the outcome as a
     new row linked to the original; the ACK is kept, not sent. Accepted commands reach their
@@ -221,7 +198,8 @@ def reprocess_message(
     row = message_log.get(message_id)
     if row is None:
         raise UnknownMessage(f"no message {message_id}")
-    inbound = interpret(bytes(row["raw"]), row["peer"], row["received_at"])
+    # `channels`: the site's current channel configuration (None: the built-in default)
+    inbound = interpret(bytes(row["raw"]), row["peer"], row["received_at"], channels)
     inbound.received_at = utcnow()  # when this row was recorded; the original keeps its own
     recorded, created = message_log.reprocess(message_id, inbound, reason, user)
     log.info(
@@ -251,7 +229,9 @@ def reprocess_request(body: Any) -> tuple[str, str]:
     return reason.strip(), user.strip()
 
 
-def hl7_messages_router(message_log: MessageLog, store: EventStore | None = None) -> APIRouter:
+def hl7_messages_router(
+    message_log: MessageLog, store: EventStore | None = None, channels: Callable[[], Any] | None = None
+) -> APIRouter:
     """The browser's routes; brings the log's schema up to date first (columns, indexes). With
     the event store, also the history of any aggregate (patients, studies), where the events of
     messages that changed no exam link to."""
@@ -330,9 +310,13 @@ def hl7_messages_router(message_log: MessageLog, store: EventStore | None = None
         except BadQuery as error:
             raise HTTPException(400, str(error)) from None
         try:
-            entry, created = reprocess_message(message_log, message_id, reason, user)
+            entry, created = reprocess_message(
+                message_log, message_id, reason, user, channels() if channels is not None else None
+            )
         except UnknownMessage as error:
             raise HTTPException(404, str(error)) from None
+        except ConfigError as error:  # the site's channel files are broken: nothing was done
+            raise HTTPException(503, f"invalid HL7 channel configuration: {error}") from None
         return JSONResponse({**entry, "created": created}, status_code=201 if created else 200)
 
     @router.get("/hl7/messages", include_in_schema=False)

@@ -22,6 +22,7 @@ from interfaces.dicom.query_retrieve import query_retrieve_service
 from interfaces.dicom.server import start_dicom_server
 from interfaces.dicom.storage import Flusher, storage_service
 from interfaces.dicom.worklist import modality_worklist_service
+from interfaces.hl7.channels import load_channels
 from interfaces.hl7.listener import MllpListener
 from interfaces.hl7.relay import Relay
 
@@ -29,6 +30,7 @@ log = logging.getLogger("radflow.listen")
 
 
 async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
+    channels = load_channels(settings.hl7_config_dir)  # before any port opens: a bad file stops us
     message_log = MessageLog(Database.for_file(settings, settings.messages_sqlite_path))
     message_log.create_schema()
     mpps_log = MppsLog(message_log.db)
@@ -45,7 +47,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
             loop.call_soon_threadsafe(relay.wake)
 
     writer = MessageLogWriter(message_log)
-    listener = MllpListener(settings, writer, on_accepted=wake_relay)
+    listener = MllpListener(settings, writer, on_accepted=wake_relay, channels=channels)
     await listener.start()
     flusher = Flusher(storage_log, on_batched=wake_relay, exam_for_study=exam_for_study(projections_db))
     dicom = start_dicom_server(

@@ -22,6 +22,7 @@ from adapters.message_log import Inbound, MessageLogWriter, utcnow
 from adapters.settings import Settings
 from adapters.tls import TlsConfigError, server_context
 from interfaces.hl7 import acks
+from interfaces.hl7.channels import ChannelConfig
 from interfaces.hl7.framing import FrameTooLarge, frame, read_frame
 from interfaces.hl7.intake import interpret
 
@@ -34,8 +35,10 @@ class MllpListener:
         settings: Settings,
         writer: MessageLogWriter,
         on_accepted: Callable[[], None] = lambda: None,
+        channels: ChannelConfig | None = None,
     ) -> None:
         self._settings = settings
+        self.channels = channels  # the site's channels, loaded once at start; None: built-in
         self._writer = writer
         self._on_accepted = on_accepted
         self._server: asyncio.Server | None = None
@@ -73,10 +76,11 @@ class MllpListener:
                 raw = await self._next_frame(reader, writer, peer)
                 if raw is None:
                     break
-                inbound = interpret(raw, peer, utcnow())
+                inbound = interpret(raw, peer, utcnow(), self.channels)
                 ack = await self._record(inbound)
-                writer.write(frame(ack))
-                await writer.drain()
+                if ack:  # b'': enhanced mode, MSH-15 asked for no commit ACK this time
+                    writer.write(frame(ack))
+                    await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("mllp peer went away", extra={"peer": peer})
         except Exception:

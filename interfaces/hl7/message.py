@@ -136,7 +136,8 @@ class Message:
             comps = text.split(comp_sep)
             text = comps[component - 1] if component <= len(comps) else ""
             if subcomponent is not None:
-                text = text.split(sub_sep)[subcomponent - 1] if sub_sep.strip() else text
+                subs = text.split(sub_sep) if sub_sep.strip() else [text]
+                text = subs[subcomponent - 1] if subcomponent <= len(subs) else ""
         text = text.strip()
         if text == '""':  # HL7 explicit null
             return ""

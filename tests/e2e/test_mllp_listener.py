@@ -239,9 +239,10 @@ def test_an_unsupported_message_type_is_rejected_as_such(radflow: Stack) -> None
     oru = (
         "\r".join(
             [
-                "MSH|^~\\&|RIS|GENHOSP|RADFLOW|RADIOLOGY|20261128093000||ORU^R01^ORU_R01|C-ORU1|P|2.5.1",
+                "MSH|^~\\&|RIS|GENHOSP|RADFLOW|RADIOLOGY|20261128093000||MDM^T02^MDM_T02|C-ORU1|P|2.5.1",
+                "EVN|T02|20261128093000",
                 "PID|1||MRN1^^^GENHOSP^MR||DOE^JANE",
-                "OBR|1|PL1|FL1|CTHEAD^CT head|||20261128093000|||||||||||ORU1",
+                "TXA|1|RAD|TX|20261128093000",
                 "OBX|1|TX|IMP^Impression||No acute findings.||||||F",
             ]
         )
@@ -249,11 +250,11 @@ def test_an_unsupported_message_type_is_rejected_as_such(radflow: Stack) -> None
     )
     ack = parse_ack(exchange(radflow.mllp_port, oru.encode()))
     assert (ack.code, ack.control_id) == ("AR", "C-ORU1")
-    assert "unsupported message type ORU R01" in ack.text  # delimiters in reasons become spaces
+    assert "unsupported message type MDM T02" in ack.text  # delimiters in reasons become spaces
     assert ack.err is not None and ack.err[3].startswith("200^")
-    assert ack.msh[9] == "ACK^R01^ACK"
+    assert ack.msh[9] == "ACK^T02^ACK"
     row = _only_row(radflow, "C-ORU1")
-    assert (row["status"], row["ack_code"], row["message_type"]) == ("error", "AR", "ORU^R01")
+    assert (row["status"], row["ack_code"], row["message_type"]) == ("error", "AR", "MDM^T02")
     assert_still_serves(radflow, "oru")
 
 
@@ -345,7 +346,7 @@ async def test_python_hl7s_asyncio_client_gets_its_acks_on_one_connection(radflo
             await writer.drain()
             ack = await reader.readmessage()
             codes.append((str(ack.segment("MSA")[1]), str(ack.segment("MSA")[2])))
-        writer.writemessage(hl7.parse(order("PYHL7C", "C-PY9", message_type="SIU^S12")))
+        writer.writemessage(hl7.parse(order("PYHL7C", "C-PY9", message_type="MFN^M02")))
         await writer.drain()
         nak = await reader.readmessage()
     finally:

@@ -79,11 +79,11 @@ def test_an_order_without_accession_gets_ae_with_a_readable_err() -> None:
 
 
 def test_an_unsupported_message_type_gets_ar_saying_so() -> None:
-    code, ack = ack_for(message(msh(message_type="ORU^R01", control_id="C-8"), pid()).encode())
+    code, ack = ack_for(message(msh(message_type="MDM^T02", control_id="C-8"), pid()).encode())
     assert code == "AR"
     assert ack["MSA"][1:3] == ["AR", "C-8"]
     assert ack["ERR"][3] == "200^Unsupported message type^HL70357"
-    assert ack["ERR"][8].startswith("unsupported message type ORU")
+    assert ack["ERR"][8].startswith("unsupported message type MDM")
 
 
 def test_a_message_without_msh9_gets_ar() -> None:

@@ -201,16 +201,17 @@ def test_an_explicit_hl7_null_reads_as_empty() -> None:
 
 @pytest.mark.parametrize("control", ["NW", "CA"])
 def test_an_order_without_an_accession_is_an_application_error(control: str) -> None:
-    refused = refusal(message(msh(), pid(), orc(control=control), obr(accession="")))
+    # a cancel may name its order by placer/filler number instead; this one names none at all
+    refused = refusal(message(msh(), pid(), orc(control=control, placer="", filler=""), obr(accession="")))
     assert refused.code == "AE"
     assert "without an accession number" in refused.reason
     assert refused.condition == acks.REQUIRED_FIELD_MISSING
 
 
-def test_an_order_control_other_than_nw_or_ca_is_rejected_naming_the_control() -> None:
-    refused = refusal(message(msh(), pid(), orc(control="XO"), obr()))
+def test_an_order_control_other_than_nw_ca_xo_or_sc_is_rejected_naming_the_control() -> None:
+    refused = refusal(message(msh(), pid(), orc(control="RP"), obr()))
     assert (refused.code, refused.condition, refused.location) == ("AR", acks.UNSUPPORTED_EVENT_CODE, "ORC^1^1")
-    assert "XO" in refused.reason
+    assert "RP" in refused.reason
 
 
 def test_an_order_message_without_an_orc_is_an_application_error() -> None:
@@ -248,12 +249,18 @@ def test_an_adt_event_radflow_does_not_handle_is_rejected_as_an_unsupported_even
     assert refused.reason == "unsupported message type ADT^A02"
 
 
-@pytest.mark.parametrize("message_type", ["ORU^R01", "SIU^S12", "ORM^O02", "ZZZ^Z01"])
+@pytest.mark.parametrize("message_type", ["MDM^T02", "DFT^P03", "ZZZ^Z01"])
 def test_an_unsupported_message_type_is_rejected(message_type: str) -> None:
     refused = refusal(message(msh(message_type=message_type), pid()))
     assert refused.code == "AR"
     assert refused.reason.startswith("unsupported message type")
     assert refused.condition == acks.UNSUPPORTED_MESSAGE_TYPE
+
+
+@pytest.mark.parametrize("message_type", ["ORM^O02", "SIU^S26", "ORU^R30"])
+def test_an_unknown_trigger_of_a_supported_message_is_an_unsupported_event(message_type: str) -> None:
+    refused = refusal(message(msh(message_type=message_type), pid()))
+    assert (refused.code, refused.condition) == ("AR", acks.UNSUPPORTED_EVENT_CODE)
 
 
 def test_a_message_type_that_is_not_a_word_is_rejected_as_unreadable() -> None:
