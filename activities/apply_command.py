@@ -39,7 +39,7 @@ from domain.commands import (
     UpdatePatient,
     command_from_dict,
 )
-from domain.errors import DomainError, ExamAlreadyOrdered, UnknownExam, UnknownPatient, UnknownStudy
+from domain.errors import DomainError, ExamAlreadyOrdered, UnknownExam, UnknownStudy
 from domain.exam import Exam, exam_id
 from domain.patient import Patient, patient_id
 from domain.study import Study, study_id
@@ -270,7 +270,8 @@ class CommandActivities:
         try:
             if isinstance(command, (DischargePatient, CancelAdmission)):
                 if patient is None:
-                    raise UnknownPatient(command.patient.key)
+                    # the HIS is the master: a visit we never saw still names a real patient
+                    patient = Patient.register(command.patient, "", command.provenance)
                 if isinstance(command, DischargePatient):
                     patient.discharge(command.discharged_at, command.provenance)
                 else:
@@ -285,7 +286,6 @@ class CommandActivities:
         self._save(patient)
         self._on_saved()
         return {"status": APPLIED, "state": "registered"}
-
 
     def _merge_patients(self, command: MergePatients) -> dict[str, Any]:
         """Survivor and prior change in one transaction; the exams and studies of the prior

@@ -234,8 +234,10 @@ class MppsLog(OutboxTable):
         self.db = db
 
     def create_schema(self) -> None:
-        # the HL7 tables too: whether an accession was ordered is read from them
-        self.db.executescript([*message_log.SCHEMA, *SCHEMA])
+        # the HL7 log too, complete (columns, indexes, patient links): whether an accession
+        # was ordered is read from it
+        message_log.MessageLog(self.db).create_schema()
+        self.db.executescript(SCHEMA)
 
     @contextmanager
     def transaction(self) -> Iterator[MppsRecords]:

@@ -149,7 +149,10 @@ class StorageLog(OutboxTable):
         self.db = db
 
     def create_schema(self) -> None:
-        self.db.executescript([*message_log.SCHEMA, *SCHEMA])
+        # the HL7 log too, complete (columns, indexes, patient links): whether an accession
+        # was ordered is read from it
+        message_log.MessageLog(self.db).create_schema()
+        self.db.executescript(SCHEMA)
 
     @contextmanager
     def transaction(self) -> Iterator[StorageRecords]:
