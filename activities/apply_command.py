@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError
@@ -319,8 +320,7 @@ class CommandActivities:
 
 
 def _patient_dict(command: ChangeExamPatient | ChangeStudyPatient) -> dict[str, Any]:
-    p = command.patient
-    return {"id": p.id, "issuer": p.issuer, "name": p.name, "birth_date": p.birth_date, "sex": p.sex}
+    return asdict(command.patient)
 
 
 def _perform(exam: Exam, command: ExamCommand) -> bool | None:
