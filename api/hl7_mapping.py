@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from adapters.settings import Settings
+from interfaces.hl7.channels import ChannelConfigError
 from interfaces.hl7.dry_run import UnknownChannel, dry_run
 
 
@@ -58,8 +59,9 @@ def hl7_mapping_router(settings: Settings) -> APIRouter:
         channel = request.query_params.get("channel") or channel
         try:
             channels = site_channels(settings)
-        except Exception as error:  # the site's YAML is broken: say where
-            raise HTTPException(status_code=500, detail=f"channel configuration: {error}") from error
+        except ChannelConfigError as error:  # the site's YAML is broken: say where
+            # the service cannot map anything until the files are fixed, as reprocess says too
+            raise HTTPException(status_code=503, detail=f"channel configuration: {error}") from error
         try:
             return dry_run(raw, channels=channels, channel=channel)
         except UnknownChannel as error:
