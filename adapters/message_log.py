@@ -82,6 +82,7 @@ ADDED_COLUMNS = {
         ("reprocess_reason", "TEXT"),
         ("reprocessed_by", "TEXT"),
         ("commands_hash", "TEXT"),
+        ("warnings", "TEXT"),  # JSON list: what a tolerant channel let through, table enrichment
     ],
     "hl7_message_orders": [
         ("placer_order_number", "TEXT"),
@@ -392,8 +393,8 @@ class MessageLog(OutboxTable):
             "INSERT INTO hl7_messages (received_at, peer, raw, sending_application, "
             "sending_facility, control_id, message_type, status, ack_code, ack, error, "
             "accession, patient_id, duplicate_of, placer_order_number, filler_order_number, channel, "
-            "reprocess_of, reprocess_reason, reprocessed_by, commands_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "reprocess_of, reprocess_reason, reprocessed_by, commands_hash, warnings) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 inbound.received_at,
                 inbound.peer,
@@ -416,6 +417,7 @@ class MessageLog(OutboxTable):
                 reprocess.reason if reprocess else None,
                 reprocess.user if reprocess else None,
                 reprocess.digest if reprocess else None,
+                json.dumps(inbound.warnings) if inbound.warnings else None,
             ),
         ).fetchone()
         assert row is not None  # RETURNING always yields the new row

@@ -157,6 +157,7 @@ def detail_json(message_log: MessageLog, row: dict[str, Any]) -> dict[str, Any]:
         "tree": message_tree(text),
         "ack": _text(row["ack"]),
         "commands": [entry["command"]["kind"] for entry in commands],
+        "warnings": json.loads(row["warnings"]) if row.get("warnings") else [],
         "relayed_at": row["relayed_at"],
         "applied": None
         if row["applied_status"] is None

@@ -179,3 +179,14 @@ def test_accepted_rows_wait_in_order_until_marked_relayed(message_log: MessageLo
     assert relayed is not None and relayed["relayed_at"] and relayed["relay_error"] is None
     message_log.mark_relayed([cancel.id])
     assert waiting() == []
+
+
+def test_what_a_tolerant_channel_let_through_is_kept_with_the_message(message_log: MessageLog, uid: str) -> None:
+    entry = inbound(orm(f"ACC{uid}", "NW", f"C{uid}"))
+    entry.warnings = ["PID-7 birth date is empty", "procedure CTHEAD: CPT 70450, 15 min"]
+    with message_log.db.transaction() as cur:
+        recorded = message_log.record(cur, entry)
+    row = message_log.get(recorded.id)
+    assert row is not None and json.loads(row["warnings"]) == entry.warnings
+    quiet = record(message_log, orm(f"ACQ{uid}", "NW", f"Q{uid}"))
+    assert message_log.get(quiet.id)["warnings"] is None  # type: ignore[index]
