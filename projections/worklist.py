@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from adapters.sql import Cursor
-from domain.exam import study_instance_uid
+from domain.exam import Exam, study_instance_uid
 from domain.patient import patient_id
 
 SCHEMA = [
@@ -70,18 +70,9 @@ def dicom_date_time(scheduled_at: str | None) -> tuple[str | None, str | None]:
     return moment.strftime("%Y%m%d"), moment.strftime("%H%M%S")
 
 
-# order fields an order change (OrderModified) may carry -> worklist columns
-MODIFIABLE_COLUMNS = {
-    "placer_order_number": "placer_order_number",
-    "filler_order_number": "filler_order_number",
-    "requested_procedure_id": "requested_procedure_id",
-    "study_instance_uid": "study_instance_uid",
-    "priority": "priority",
-    "procedure_code": "procedure_code",
-    "procedure_text": "procedure_text",
-    "modality": "modality",
-    "referring_physician": "referring_physician",
-}
+# what an order change (OrderModified) may carry that the worklist keeps under the same name;
+# scheduled_at is split into DICOM date and time below, the reason is not listed
+MODIFIABLE_COLUMNS = tuple(sorted(Exam.MODIFIABLE - {"scheduled_at", "reason"}))
 
 
 class WorklistProjection:
@@ -93,7 +84,7 @@ class WorklistProjection:
 
     @staticmethod
     def _order_modified(cur: Cursor, changes: dict[str, str], recorded_at: str, exam: str) -> None:
-        updates = [(column, changes[key]) for key, column in MODIFIABLE_COLUMNS.items() if key in changes]
+        updates = [(column, changes[column]) for column in MODIFIABLE_COLUMNS if column in changes]
         if "scheduled_at" in changes:
             scheduled_date, scheduled_time = dicom_date_time(changes["scheduled_at"])
             updates += [
