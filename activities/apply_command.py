@@ -17,23 +17,32 @@ from temporalio import activity
 
 from adapters.event_store import EventStore
 from adapters.message_log import MessageLog
+from adapters.reporting_config import ReportingRules
 from domain.commands import (
+    READING_COMMANDS,
+    AcknowledgeCriticalResult,
     CancelAdmission,
     CancelAppointment,
     CancelOrder,
     ChangeExamPatient,
     ChangeStudyPatient,
+    CheckCriticalResult,
     CheckImages,
+    CheckTurnaround,
+    ClaimReading,
     Command,
     CompleteProcedure,
     DischargePatient,
     DiscontinueProcedure,
+    IssueReport,
     LinkStudy,
     MergePatients,
     ModifyOrder,
     PlaceOrder,
     RecordReport,
     RegisterPatient,
+    ReleaseReading,
+    SaveReportDraft,
     ScheduleExam,
     StartProcedure,
     StoreInstances,
@@ -43,6 +52,8 @@ from domain.commands import (
 from domain.errors import DomainError, ExamAlreadyOrdered, UnknownExam, UnknownStudy
 from domain.exam import Exam, exam_id
 from domain.patient import Patient, patient_id
+from domain.provenance import Provenance
+from domain.report import Report, current_text, report_id
 from domain.study import Study, study_id
 
 log = logging.getLogger("radflow.apply")
@@ -74,6 +85,15 @@ EXAM_COMMAND_TYPES = (
     ChangeExamPatient,
 )
 PatientCommand = RegisterPatient | UpdatePatient | DischargePatient | CancelAdmission
+ReadingCommand = (
+    ClaimReading
+    | ReleaseReading
+    | SaveReportDraft
+    | IssueReport
+    | AcknowledgeCriticalResult
+    | CheckCriticalResult
+    | CheckTurnaround
+)
 
 
 class OutcomeLog(Protocol):
@@ -92,8 +112,10 @@ class CommandActivities:
         on_saved: Callable[[], None] = lambda: None,
         other_logs: Sequence[OutcomeLog] = (),
         images_timeout_s: float = 900.0,
+        reporting: ReportingRules | None = None,
     ) -> None:
         self._images_timeout_s = images_timeout_s
+        self._rules = reporting or ReportingRules()
         self._store = store
         self._logs: list[OutcomeLog] = [*([message_log] if message_log is not None else []), *other_logs]
         self._on_saved = on_saved
@@ -156,6 +178,8 @@ class CommandActivities:
             return self._link_study(command)
         if isinstance(command, CheckImages):
             return self._check_images(command)
+        if isinstance(command, READING_COMMANDS):
+            return self._apply_reading(command)
         raise TypeError(f"unknown command {type(command).__name__}")
 
     def _apply_to_exam(self, command: ExamCommand) -> dict[str, Any]:
@@ -184,11 +208,22 @@ class CommandActivities:
 
     # --- images -------------------------------------------------------------------------------
 
-    def _exam_outcome(self, exam: Exam, status: str = APPLIED) -> dict[str, Any]:
+    def _exam_outcome(self, exam: Exam, status: str = APPLIED, report: Report | None = None) -> dict[str, Any]:
+        """What the exam's workflow keeps: the state, the timers it must run (images awaited,
+        the report's turnaround target, a critical result's acknowledgement) and the reading
+        summary its update validator answers from."""
         outcome: dict[str, Any] = {"status": status, "state": exam.state.value}
         if exam.awaits_images:
             # the workflow starts its timer from this; the check comes back as CheckImages
             outcome["awaiting_images_s"] = self._images_timeout_s
+        if report is None and exam.state.value in ("completed", "reported"):
+            report = self._store.get_or_none(report_id(exam.accession))
+        reading = report.summary(exam.state.value) if report is not None else {"exam_state": exam.state.value}
+        outcome["reading"] = reading
+        outcome["timers"] = {
+            "turnaround": exam.turnaround_due(self._rules.turnaround_for(str(exam.order.get("priority", "")))),
+            "critical": reading.get("critical_due_at", ""),
+        }
         return outcome
 
     def _held(self, exam: Exam, *extra: Study) -> dict[str, set[str]]:
@@ -263,6 +298,78 @@ class CommandActivities:
         self._save(exam)
         self._on_saved()
         return self._exam_outcome(exam)
+
+    # --- reading and reporting --------------------------------------------------------------
+
+    def _apply_reading(self, command: ReadingCommand) -> dict[str, Any]:
+        """A radiologist's action (or a reading timer): the Report decides, and a revision that
+        is issued moves the exam in the same transaction (preliminary kept, final -> reported)."""
+        exam: Exam | None = self._store.get_or_none(exam_id(command.accession))
+        if exam is None:
+            return {"status": REFUSED, "state": None, "reason": str(UnknownExam(command.accession))}
+        report: Report | None = self._store.get_or_none(report_id(command.accession))
+        if exam.has_applied(command.provenance) or (report is not None and report.has_applied(command.provenance)):
+            return self._exam_outcome(exam, DUPLICATE, report)
+        if isinstance(command, CheckTurnaround):
+            target = self._rules.turnaround_for(str(exam.order.get("priority", "")))
+            if exam.check_turnaround(target, command.provenance):
+                self._save(exam)
+                self._on_saved()
+            return self._exam_outcome(exam, APPLIED, report)
+        opened = report or Report.open(command.accession, command.provenance)
+        try:
+            changed = self._perform_reading(command, exam, opened)
+        except DomainError as refusal:
+            outcome = self._exam_outcome(exam, REFUSED, report)
+            return {**outcome, "reason": str(refusal)}
+        if changed:
+            self._save(exam, opened)  # one transaction: the report and the exam's move
+            self._on_saved()
+        return self._exam_outcome(exam, APPLIED, opened if changed else report)
+
+    def _perform_reading(self, command: ReadingCommand, exam: Exam, report: Report) -> bool:
+        rules, state, provenance = self._rules, exam.state.value, command.provenance
+        match command:
+            case ClaimReading():
+                report.claim(command.radiologist, rules.claim_minutes, state, provenance)
+            case ReleaseReading():
+                report.release(command.radiologist, command.reason, state, provenance)
+            case SaveReportDraft():
+                return report.save_draft(command.author, command.sections, rules.claim_minutes, state, provenance)
+            case IssueReport():
+                self._issue(command, exam, report, provenance)
+            case AcknowledgeCriticalResult():
+                report.acknowledge_critical(command.by, command.note, state, provenance)
+            case CheckCriticalResult():
+                return report.check_critical(command.level, rules.critical_ack_minutes, provenance)
+        return True
+
+    def _issue(self, command: IssueReport, exam: Exam, report: Report, provenance: Provenance) -> None:
+        referring = str(exam.order.get("referring_physician", ""))
+        revision = report.issue(
+            command.report_kind,
+            command.author,
+            command.sections,
+            exam={
+                **exam.order,
+                "accession": exam.accession,
+                "state": exam.state.value,
+                "completed_at": exam.completed_at,
+            },
+            exam_state=exam.state.value,
+            minutes=self._rules.claim_minutes,
+            provenance=provenance,
+            critical_contacts=self._rules.critical_contacts(referring) if command.critical else None,
+            ack_minutes=self._rules.critical_ack_minutes,
+        )
+        exam.report(
+            provenance,
+            text=current_text(report.revisions),
+            result_status=revision["result_status"],
+            author=command.author,
+            reported_at=revision["signed_at"],
+            source="radflow",
+        )
 
     def _apply_to_patient(self, command: PatientCommand) -> dict[str, Any]:
         patient: Patient | None = self._store.get_or_none(patient_id(command.patient.key))

@@ -53,6 +53,7 @@ class PlaceOrder(Command):
     scheduled_at: str = ""
     referring_physician: str = ""
     reason: str = ""
+    referring_service: str = ""  # PV1-10 hospital service of the visit (reading worklist filter)
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,80 @@ class ChangeStudyPatient(Command):
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class ClaimReading(Command):
+    """A radiologist takes the exam to read; the claim expires unless renewed."""
+
+    kind: ClassVar[str] = "claim_reading"
+    accession: str
+    radiologist: str
+
+
+@dataclass(frozen=True)
+class ReleaseReading(Command):
+    kind: ClassVar[str] = "release_reading"
+    accession: str
+    radiologist: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SaveReportDraft(Command):
+    """Autosave of the report being written (section name -> text)."""
+
+    kind: ClassVar[str] = "save_report_draft"
+    accession: str
+    author: str
+    sections: dict[str, str]
+
+
+@dataclass(frozen=True)
+class IssueReport(Command):
+    """A revision leaves the radiologist's hands: preliminary, final (signed), addendum or
+    correction. `critical` starts the critical-result notification chain."""
+
+    kind: ClassVar[str] = "issue_report"
+    accession: str
+    author: str
+    report_kind: str  # preliminary | final | addendum | correction
+    sections: dict[str, str]
+    critical: bool = False
+
+
+@dataclass(frozen=True)
+class AcknowledgeCriticalResult(Command):
+    kind: ClassVar[str] = "acknowledge_critical_result"
+    accession: str
+    by: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CheckCriticalResult(Command):
+    """Timer: the contact at `level` did not acknowledge in time."""
+
+    kind: ClassVar[str] = "check_critical_result"
+    accession: str
+    level: int
+
+
+@dataclass(frozen=True)
+class CheckTurnaround(Command):
+    """Timer: the exam's turnaround target (completed -> final) ran out."""
+
+    kind: ClassVar[str] = "check_turnaround"
+    accession: str
+
+
+READING_COMMANDS = (
+    ClaimReading,
+    ReleaseReading,
+    SaveReportDraft,
+    IssueReport,
+    AcknowledgeCriticalResult,
+    CheckCriticalResult,
+    CheckTurnaround,
+)
 PROCEDURE_COMMANDS = (StartProcedure, CompleteProcedure, DiscontinueProcedure)
 COMMANDS: dict[str, type[Command]] = {
     c.kind: c
@@ -288,6 +363,7 @@ COMMANDS: dict[str, type[Command]] = {
         MergePatients,
         ChangeExamPatient,
         ChangeStudyPatient,
+        *READING_COMMANDS,
     )
 }
 EXAM_COMMANDS = frozenset(
@@ -320,8 +396,8 @@ def command_from_dict(data: dict[str, Any]) -> Command:
             value = Provenance.from_dict(value)
         elif f.name in ("patient", "prior"):
             value = PatientDemographics(**value)
-        elif f.name == "changes":
-            value = dict(value)
+        elif f.name in ("changes", "sections"):
+            value = {str(k): str(v) for k, v in dict(value).items()}
         elif f.name == "series" and cls is not StoreInstances:
             value = series_from_dicts(value)
         elif f.name == "series":
@@ -363,6 +439,7 @@ def workflow_id_for(command: Command) -> str:
             CancelAppointment,
             RecordReport,
             ChangeExamPatient,
+            *READING_COMMANDS,
         ),
     ):
         return f"exam-{command.accession}"
@@ -372,6 +449,8 @@ def workflow_id_for(command: Command) -> str:
         # a matched study joins its exam's queue (ordered with the MPPS); an unmatched one
         # waits in a workflow of its own until a person links it
         return f"exam-{command.accession}" if command.accession else f"study-{command.study_instance_uid}"
-    if isinstance(command, (RegisterPatient, UpdatePatient, DischargePatient, CancelAdmission, MergePatients)):
+    if isinstance(
+        command, (RegisterPatient, UpdatePatient, DischargePatient, CancelAdmission, MergePatients)
+    ):
         return f"patient-{command.patient.key}"
     raise TypeError(f"no workflow for {type(command).__name__}")

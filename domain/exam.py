@@ -7,6 +7,7 @@ change state, because they also run when the exam is rebuilt from the store.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -16,7 +17,7 @@ from domain.commands import PerformedSeries, PlaceOrder, series_as_dicts
 from domain.completeness import missing_instances, referenced_instances
 from domain.errors import ForeignProcedureStep, IllegalTransition, OrderFrozen
 from domain.lifecycle import TERMINAL_STATES, ExamAction, ExamState, next_state
-from domain.provenance import Provenance
+from domain.provenance import Provenance, instant
 
 EXAM_NAMESPACE = uuid5(NAMESPACE_URL, "urn:radflow:exam")
 STUDY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:radflow:study")
@@ -130,10 +131,15 @@ class Exam(Aggregate):
         self._order_modified(changes=changed, provenance=provenance.as_dict())
         return True
 
-    def change_patient(self, patient: dict[str, Any], prior_key: str, reason: str, provenance: Provenance) -> bool:
+    def change_patient(
+        self, patient: dict[str, Any], prior_key: str, reason: str, provenance: Provenance
+    ) -> bool:
         """Move the exam to another patient identity (a merge): a fact in any state."""
         current = self.order.get("patient", {})
-        if f"{current.get('issuer', '')}|{current.get('id', '')}" == f"{patient.get('issuer', '')}|{patient.get('id', '')}":
+        if (
+            f"{current.get('issuer', '')}|{current.get('id', '')}"
+            == f"{patient.get('issuer', '')}|{patient.get('id', '')}"
+        ):
             return False
         self._patient_changed(
             prior_key=prior_key, patient=patient, reason=reason, provenance=provenance.as_dict()
@@ -232,6 +238,42 @@ class Exam(Aggregate):
             return
         self._check(ExamAction.REPORT)
         self._reported(provenance=provenance.as_dict(), **details)
+
+    # --- turnaround ---------------------------------------------------------------------------
+
+    completed_at = ""  # when the procedure ended (the completing command's time)
+    turnaround_breached = False
+
+    def turnaround_due(self, target_minutes: float) -> str:
+        """When the report is due (completed + target), while it is still awaited; "" else."""
+        if (
+            self.state != ExamState.COMPLETED
+            or self.turnaround_breached
+            or not self.completed_at
+            or target_minutes <= 0
+        ):
+            return ""
+        return (instant(self.completed_at) + timedelta(minutes=target_minutes)).isoformat()
+
+    def check_turnaround(self, target_minutes: float, provenance: Provenance) -> bool:
+        """The target ran out: record the breach once, if no final report came in time."""
+        due = self.turnaround_due(target_minutes)
+        if not due or instant(due) > instant(provenance.occurred_at):
+            return False
+        self._turnaround_breached(
+            priority=str(self.order.get("priority", "")),
+            target_minutes=target_minutes,
+            due_at=due,
+            provenance=provenance.as_dict(),
+        )
+        return True
+
+    @event("ReportTurnaroundBreached")
+    def _turnaround_breached(
+        self, priority: str, target_minutes: float, due_at: str, provenance: dict[str, Any]
+    ) -> None:
+        self.turnaround_breached = True
+        self.applied.append(Provenance.from_dict(provenance).dedupe_key)
 
     def bill(self, provenance: Provenance) -> None:
         self._check(ExamAction.BILL)
@@ -416,6 +458,7 @@ class Exam(Aggregate):
         self, provenance: dict[str, Any], mpps_uid: str, ended_at: str, series: list[dict[str, Any]]
     ) -> None:
         self._ended_with(series)
+        self.completed_at = str(provenance.get("occurred_at", ""))
         self._moved(ExamAction.COMPLETE, provenance)
 
     @event(ExamDiscontinued)

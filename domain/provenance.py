@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -45,3 +46,10 @@ class Provenance:
         """The key that makes a replayed command a no-op: one inbound record, one effect."""
         s = self.source
         return s.message_id or f"{s.kind}:{s.application}:{s.facility}:{s.control_id}"
+
+
+def instant(iso: str) -> datetime:
+    """An ISO 8601 time as an aware datetime; one without an offset is taken as UTC (the
+    domain compares times from several sources, and naive and aware ones do not compare)."""
+    value = datetime.fromisoformat(iso)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
