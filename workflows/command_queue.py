@@ -30,16 +30,21 @@ def dedupe_key(command: dict[str, Any]) -> str:
     )
 
 
+RESULTS_KEPT = 200  # outcomes by command key, for updates waiting on their command
+
+
 class CommandQueue:
     def __init__(self) -> None:
         self.pending: deque[dict[str, Any]] = deque()
         self.seen: list[str] = []
         self.state: str | None = None
         self.outcomes: list[dict[str, Any]] = []
-        # when an outcome asks for a later check (e.g. images still awaited), the moment it is
-        # due; `on_due` builds the command the queue then applies
-        self.due_at: datetime | None = None
-        self.on_due: Callable[[datetime], dict[str, Any]] | None = None
+        self.results: dict[str, dict[str, Any]] = {}
+        # when an outcome asks for a later check (images still awaited, a report's turnaround
+        # target, a critical result's acknowledgement), the moment each is due by name;
+        # `on_due(name, due_at)` builds the command the queue then applies
+        self.timers: dict[str, datetime] = {}
+        self.on_due: Callable[[str, datetime], dict[str, Any]] | None = None
 
     def submit(self, command: dict[str, Any]) -> None:
         key = dedupe_key(command)
@@ -57,14 +62,26 @@ class CommandQueue:
                 retry_policy=APPLY_RETRY,
             )
             self.pending.popleft()
-            self.seen = [*self.seen, dedupe_key(command)][-REMEMBERED:]
+            key = dedupe_key(command)
+            self.seen = [*self.seen, key][-REMEMBERED:]
+            self.results[key] = outcome
+            while len(self.results) > RESULTS_KEPT:
+                del self.results[next(iter(self.results))]
             self.state = outcome.get("state") or self.state
             self.outcomes = [*self.outcomes, outcome][-20:]
-            wait_s = outcome.get("awaiting_images_s")
-            if wait_s is None:
-                self.due_at = None
-            elif self.due_at is None:
-                self.due_at = workflow.now() + timedelta(seconds=float(wait_s))
+            self._set_timers(outcome)
+
+    def _set_timers(self, outcome: dict[str, Any]) -> None:
+        wait_s = outcome.get("awaiting_images_s")
+        if wait_s is None:
+            self.timers.pop("images", None)
+        elif "images" not in self.timers:
+            self.timers["images"] = workflow.now() + timedelta(seconds=float(wait_s))
+        for name, due in (outcome.get("timers") or {}).items():
+            if due:
+                self.timers[name] = datetime.fromisoformat(due)
+            else:
+                self.timers.pop(name, None)
 
     def resume(self, carried: dict[str, Any] | None) -> None:
         """Take over a previous run's state; signals that arrived before `run` stay queued."""
@@ -74,8 +91,9 @@ class CommandQueue:
         self.pending = deque(carried.get("pending", []))
         self.seen = list(carried.get("seen", []))
         self.state = carried.get("state")
-        due = carried.get("due_at")
-        self.due_at = datetime.fromisoformat(due) if due else None
+        self.timers = {name: datetime.fromisoformat(at) for name, at in (carried.get("timers") or {}).items()}
+        if carried.get("due_at"):  # carried by a run from before named timers
+            self.timers["images"] = datetime.fromisoformat(carried["due_at"])
         for command in early:
             self.submit(command)
 
@@ -87,27 +105,35 @@ class CommandQueue:
         self.resume(carried)
         while True:
             if not await self._wait_for_work(idle):
-                return self.state
+                break
             await self.drain()
             if self.state in finished:
-                return self.state
+                break
             if self.should_continue_as_new():
+                # an update still waiting for its outcome must get it from this run
+                await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self.carry())
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.state
 
     async def _wait_for_work(self, idle: timedelta | None) -> bool:
-        """False when idle for `idle`; a due check becomes a pending command when it is due."""
+        """False when idle for `idle`; a timer becomes a pending command when it is due."""
         while not self.pending:
+            timers = self.timers if self.on_due is not None else {}
             timeout = idle
-            if self.due_at is not None and self.on_due is not None:
-                remaining = max(self.due_at - workflow.now(), timedelta(0))
+            if timers:
+                remaining = max(min(timers.values()) - workflow.now(), timedelta(0))
                 timeout = remaining if timeout is None else min(timeout, remaining)
             try:
                 await workflow.wait_condition(lambda: bool(self.pending), timeout=timeout)
             except TimeoutError:
-                if self.due_at is not None and self.on_due is not None and workflow.now() >= self.due_at:
-                    self.submit(self.on_due(self.due_at))
-                    self.due_at = None
-                elif self.due_at is None:
+                now = workflow.now()
+                due = [(name, at) for name, at in timers.items() if at <= now]
+                for name, at in due:
+                    del self.timers[name]
+                    if self.on_due is not None:
+                        self.submit(self.on_due(name, at))
+                if not due and not timers:
                     return False
         return True
 
@@ -116,7 +142,7 @@ class CommandQueue:
             "pending": list(self.pending),
             "seen": self.seen,
             "state": self.state,
-            "due_at": self.due_at.isoformat() if self.due_at else None,
+            "timers": {name: at.isoformat() for name, at in self.timers.items()},
         }
 
     @staticmethod
