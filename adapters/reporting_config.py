@@ -57,8 +57,23 @@ class ReportingRules:
 
     def critical_contacts(self, referring_physician: str) -> list[dict[str, str]]:
         """Who is told, in order: the referring physician, a second contact, the department."""
-        first = {"role": "referring_physician", "name": referring_physician or "Referring physician (not named in the order)"}
+        first = {
+            "role": "referring_physician",
+            "name": person(referring_physician),
+            "id": referring_physician.split("^")[0],
+        }
         return [first, dict(self.second_contact), dict(self.department)]
+
+
+def person(xcn: str) -> str:
+    """An HL7 XCN (id^family^given^middle) as people write it: "GREGORY HOUSE (1234)"."""
+    parts = xcn.split("^")
+    name = " ".join(p for p in (*parts[2:4], parts[1] if len(parts) > 1 else "") if p)
+    if not name:
+        return (
+            f"Referring physician {parts[0]}" if parts[0] else "Referring physician (not named in the order)"
+        )
+    return f"{name} ({parts[0]})" if parts[0] else name
 
 
 def load_reporting_rules(config_dir: Path | None) -> ReportingRules:
