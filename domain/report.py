@@ -218,8 +218,9 @@ class Report(Aggregate):
         )
         now = self._refuse_unless(exam_state, kind, author, provenance, with_text=has_text)
         self._holds(author, minutes, exam_state, provenance)
-        revision = {
-            "revision": len(self.revisions) + 1,
+        number = len(self.revisions) + 1
+        revision: dict[str, Any] = {
+            "revision": number,
             "kind": kind,
             "result_status": RESULT_STATUS[kind],
             "sections": cleaned,
@@ -232,7 +233,7 @@ class Report(Aggregate):
         self._issued(revision=revision, provenance=provenance.as_dict())
         if critical_contacts:
             self._critical_flagged(
-                revision=revision["revision"],
+                revision=number,
                 contacts=[dict(c) for c in critical_contacts],
                 ack_due_at=(now + timedelta(minutes=ack_minutes)).isoformat(),
                 provenance=provenance.as_dict(),
