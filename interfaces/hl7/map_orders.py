@@ -129,7 +129,13 @@ def _order_command(
             f"OBR^{number}^18",
         )
     if control == "NW":
-        values = {**fields, "priority": fields["priority"] or "ROUTINE"}
+        # PV1-10 (hospital service) is the visit's, not the order group's; kept on the new
+        # order only: the exam cannot change it later, so an XO does not carry it
+        values = {
+            **fields,
+            "priority": fields["priority"] or "ROUTINE",
+            "referring_service": v("PV1", 10),
+        }
         return (
             PlaceOrder(provenance=provenance, accession=accession, patient=patient, **values),
             placer,
