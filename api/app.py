@@ -16,16 +16,23 @@ from adapters.event_store import EventStore, open_event_store
 from adapters.message_log import MessageLog
 from adapters.mpps_log import MppsLog
 from adapters.outbound_log import OutboundLog
+from adapters.reporting_config import load_reporting_rules
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog
+from api.exam_deliveries import exam_deliveries_router
 from api.hl7_mapping import hl7_mapping_router
 from api.hl7_messages import hl7_messages_router
 from api.hl7_outbound import hl7_outbound_router
+from api.reading import reading_router
 from api.reconciliation import reconciliation_router
+from api.reporting import reporting_router
+from api.web import web_router
 from domain.exam import exam_id
+from domain.report import report_id
 from interfaces.hl7.channels import load_channels
 from projections.pacs_index import PacsIndexProjection
+from projections.reading_worklist import ReadingWorklistProjection
 from projections.runner import ProjectionRunner
 from projections.worklist import PRIORITY_RANK, WorklistProjection
 
@@ -129,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
     worklist = ProjectionRunner(store, projections_db, WorklistProjection())
     worklist.create_schema()
     ProjectionRunner(store, projections_db, PacsIndexProjection()).create_schema()
+    ProjectionRunner(store, projections_db, ReadingWorklistProjection()).create_schema()
     mpps_log = MppsLog(Database.for_file(settings, settings.messages_sqlite_path))
     mpps_log.create_schema()
     storage_log = StorageLog(mpps_log.db)
@@ -142,8 +150,21 @@ def create_app(settings: Settings) -> FastAPI:
         )
     )
     app.include_router(hl7_outbound_router(_outbound_log(mpps_log.db)))
+    app.include_router(exam_deliveries_router(OutboundLog(mpps_log.db)))
     app.include_router(hl7_mapping_router(settings))
+    app.include_router(reading_router(projections_db, lambda: load_reporting_rules(settings.hl7_config_dir)))
     temporal: dict[str, Client] = {}
+
+    async def temporal_client() -> Client:
+        """One client for the app, connected on first use (the API starts before Temporal)."""
+        if "client" not in temporal:
+            temporal["client"] = await asyncio.wait_for(
+                Client.connect(settings.temporal_target, namespace=settings.temporal_namespace), 2.0
+            )
+        return temporal["client"]
+
+    app.include_router(reporting_router(temporal_client, projections_db))
+    app.include_router(web_router(projections_db, store))  # the pages people use: /ui/...
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> JSONResponse:
@@ -155,11 +176,8 @@ def create_app(settings: Settings) -> FastAPI:
         except Exception as error:
             parts["store"] = {"ok": False, "error": str(error)[:200]}
         try:
-            if "client" not in temporal:
-                temporal["client"] = await asyncio.wait_for(
-                    Client.connect(settings.temporal_target, namespace=settings.temporal_namespace), 2.0
-                )
-            await asyncio.wait_for(temporal["client"].service_client.check_health(), 2.0)
+            client = await temporal_client()
+            await asyncio.wait_for(client.service_client.check_health(), 2.0)
             parts["temporal"] = {"ok": True, "address": settings.temporal_target}
         except Exception as error:
             temporal.pop("client", None)
@@ -267,11 +285,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/exams/{accession}/history", tags=["exams"])
     def exam_history(accession: str) -> dict[str, Any]:
-        """Every domain event of the exam, oldest first, with its provenance."""
+        """Every domain event of the exam and of its report (reading, revisions, critical-result
+        chain), oldest first, each with its provenance and `aggregate` (exam or report)."""
         events = store.events_of(exam_id(accession))
         if not events:
             raise HTTPException(404, f"no exam with accession {accession}")
-        return {"accession": accession, "events": [event_json(e) for e in events]}
+        tagged = [(e, "exam") for e in events] + [(e, "report") for e in store.events_of(report_id(accession))]
+        tagged.sort(key=lambda pair: pair[0].timestamp)
+        return {"accession": accession, "events": [{**event_json(e), "aggregate": kind} for e, kind in tagged]}
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> JSONResponse:

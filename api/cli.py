@@ -23,6 +23,7 @@ def _up(settings: Settings, _: argparse.Namespace) -> int:
 
 def _worker(settings: Settings, _: argparse.Namespace) -> int:
     from adapters.outbound_config import OutboundConfigError
+    from adapters.yaml_config import ConfigError
     from api import worker_process
 
     configure_logging("worker", settings.log_level)
@@ -30,6 +31,9 @@ def _worker(settings: Settings, _: argparse.Namespace) -> int:
         worker_process.main(settings)
     except OutboundConfigError as error:  # read before any work is taken
         print(f"radflow worker: invalid outbound destinations:\n{error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:  # reporting.yaml, read before any work is taken
+        print(f"radflow worker: invalid configuration:\n{error}", file=sys.stderr)
         return 2
     return 0
 
