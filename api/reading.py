@@ -221,6 +221,40 @@ def reading_router(
         priors = priors_of(db, rows)
         return {"items": [worklist_item(r, priors[r["accession"]], at) for r in rows], "count": len(rows)}
 
+    @router.get("/api/reading/critical")
+    def critical_results(
+        state: Annotated[
+            Literal["awaiting", "acknowledged"],
+            Query(description="awaiting: nobody acknowledged yet (escalating or exhausted)"),
+        ] = "awaiting",
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        """Critical results and who must acknowledge them now: the desk's list. Awaiting ones
+        soonest-due first; a chain that ran out of contacts (no due time) comes first of all."""
+        rows = db.query(
+            "SELECT * FROM reading_exams WHERE critical = ? ORDER BY critical_due_at, accession LIMIT ?",
+            (state, limit),
+        )
+        items = []
+        for row in rows:
+            detail = json.loads(row["critical_detail"] or "{}")
+            items.append(
+                {
+                    "accession": row["accession"],
+                    "patient": {"id": row["patient_id"], "issuer": row["patient_issuer"], "name": row["patient_name"]},
+                    "procedure": {"code": row["procedure_code"], "text": row["procedure_text"]},
+                    "state": row["critical"],
+                    "level": row["critical_level"],
+                    "contact": detail.get("contact", {}),
+                    "ack_due_at": row["critical_due_at"],
+                    "exhausted": bool(detail.get("exhausted")),
+                    "flagged_at": detail.get("flagged_at", ""),
+                    "escalations": detail.get("escalations", []),
+                    "acknowledged_by": detail.get("acknowledged_by", ""),
+                }
+            )
+        return {"items": items, "count": len(items)}
+
     @router.get(
         "/api/exams/{accession}/report",
         response_model=None,

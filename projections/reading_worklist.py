@@ -87,6 +87,7 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS reading_exams_patient ON reading_exams (patient_key, completed_at)",
     "CREATE INDEX IF NOT EXISTS reading_exams_patient_ref ON reading_exams (patient_ref)",
     "CREATE INDEX IF NOT EXISTS reading_exams_study ON reading_exams (study_instance_uid)",
+    "CREATE INDEX IF NOT EXISTS reading_exams_critical ON reading_exams (critical, critical_due_at)",
     """CREATE TABLE IF NOT EXISTS reading_revisions (
         accession TEXT NOT NULL,
         revision INTEGER NOT NULL,

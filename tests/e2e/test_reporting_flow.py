@@ -152,3 +152,27 @@ def test_refusals_are_4xx_with_a_reason(radflow: Stack) -> None:
     assert nobody.status_code == 422
     wrong_kind = act(radflow, "POST", f"{acc}/report/draftish", user="dr.alice", sections=FINDINGS)
     assert wrong_kind.status_code == 422
+
+
+def test_a_critical_result_is_on_the_desk_list_until_acknowledged(radflow: Stack) -> None:
+    acc = completed_exam(radflow)
+    signed = act(radflow, "POST", f"{acc}/report/final", user="dr.alice", sections=FINDINGS, critical=True)
+    assert signed.status_code == 200, signed.text
+    assert signed.json()["reading"]["critical"] == "awaiting"
+
+    def on_desk() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = radflow.get("/api/reading/critical").json()["items"]
+        return [i for i in items if i["accession"] == acc]
+
+    (item,) = radflow.wait_until(on_desk)
+    assert item["level"] == 0 and item["contact"]["role"] == "referring_physician"
+    assert item["contact"]["name"] == "GREGORY HOUSE (1234)"  # OBR-16 of the order
+    assert item["ack_due_at"][:19] == signed.json()["reading"]["critical_due_at"][:19]  # both UTC
+
+    ack = act(radflow, "POST", f"{acc}/report/critical/acknowledge", user="dr.house", note="patient recalled")
+    assert ack.status_code == 200 and ack.json()["reading"]["critical"] == "acknowledged"
+    radflow.wait_until(lambda: not on_desk())
+    again = act(radflow, "POST", f"{acc}/report/critical/acknowledge", user="dr.house")
+    assert again.status_code == 409 and "no critical result awaits" in again.json()["detail"]
+    acknowledged = radflow.get("/api/reading/critical", state="acknowledged").json()["items"]
+    assert [i["acknowledged_by"] for i in acknowledged if i["accession"] == acc] == ["dr.house"]
