@@ -7,7 +7,9 @@ site keeps in git. No file, no destinations: nothing is sent. Example::
         host: 10.0.0.5
         port: 2575
         tls: {ca: /etc/radflow/ca.pem, cert: ..., key: ..., verify: true}   # optional
-        events: [order_status]    # order_status -> ORM^O01 (ORC-1 SC); ORU/DFT come later
+        events: [order_status, report]   # order_status -> ORM^O01 (ORC-1 SC) on every exam
+                                  # state change; report -> ORU^R01 on every issued report
+                                  # (preliminary P, final F, addendum / correction C). DFT later
         filters:                  # each absent or empty: no filter
           modality: [CT, MR]
           patient_class: [I, O, E]
@@ -37,7 +39,7 @@ import yaml
 from adapters.tls import TlsConfigError, client_context
 
 FILE_NAME = "destinations.yaml"
-EVENT_MESSAGE_TYPES = {"order_status": "ORM^O01"}
+EVENT_MESSAGE_TYPES = {"order_status": "ORM^O01", "report": "ORU^R01"}
 POLICIES = ("retry", "dead_letter")
 FILTER_KEYS = ("modality", "patient_class", "sending_application")
 

@@ -212,6 +212,13 @@ class OutboundLog:
             (*params, limit),
         )
 
+    def for_accession(self, accession: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every message queued for one exam, oldest first (the exam page's delivery status)."""
+        return self.db.query(
+            f"SELECT {SUMMARY_COLUMNS} FROM outbound_messages WHERE accession = ? ORDER BY id LIMIT ?",
+            (accession, limit),
+        )
+
     def actions(self, row_id: int) -> list[dict[str, Any]]:
         return self.db.query(
             "SELECT action, reason, user_name, at, status_before FROM outbound_actions "

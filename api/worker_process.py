@@ -17,6 +17,7 @@ from adapters.message_log import MessageLog
 from adapters.mpps_log import MppsLog
 from adapters.outbound_config import load_destinations
 from adapters.outbound_log import OutboundLog
+from adapters.reporting_config import load_reporting_rules
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog
@@ -25,6 +26,8 @@ from api.signals import run_until_signalled
 from interfaces.hl7.outbound_dispatcher import OutboundDispatcher
 from projections.order_status_feed import OrderStatusFeed
 from projections.pacs_index import PacsIndexProjection
+from projections.reading_worklist import ReadingWorklistProjection
+from projections.report_feed import ReportFeed
 from projections.runner import ProjectionRunner
 from projections.worklist import WorklistProjection
 from workflows.exam import ExamWorkflow
@@ -41,6 +44,7 @@ def projection_runners(settings: Settings) -> list[ProjectionRunner]:
     runners = [
         ProjectionRunner(store, db, WorklistProjection()),
         ProjectionRunner(store, db, PacsIndexProjection()),
+        ProjectionRunner(store, db, ReadingWorklistProjection(load_reporting_rules(settings.hl7_config_dir))),
     ]
     for runner in runners:
         runner.create_schema()
@@ -57,6 +61,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     stop = stop or asyncio.Event()
     # read first: an invalid destinations.yaml stops the worker before it takes any work
     destinations = load_destinations(settings.hl7_config_dir)
+    reporting = load_reporting_rules(settings.hl7_config_dir)
     store = open_event_store(settings)
     runners = projection_runners(settings)
     # the order status feed runs over the messages database, where the outbound queue lives
@@ -65,6 +70,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     feed = ProjectionRunner(store, outbound.db, OrderStatusFeed(destinations))
     feed.create_schema()
     runners.append(feed)
+    reports = ProjectionRunner(store, outbound.db, ReportFeed(destinations))  # ORU^R01, same queue
+    reports.create_schema()
+    runners.append(reports)
     threads = [
         threading.Thread(target=r.run_forever, name=f"projection-{r.projection.name}", daemon=True)
         for r in runners
@@ -87,6 +95,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         on_saved=wake_projections,
         other_logs=[mpps_log, storage_log],
         images_timeout_s=settings.images_timeout_s,
+        reporting=reporting,
     )
     client = await connect(settings)
     delivery = DeliveryActivities(outbound, destinations)

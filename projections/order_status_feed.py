@@ -22,21 +22,18 @@ re-delivery (at-least-once) as the repeat it is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from adapters.outbound_config import EVENT_MESSAGE_TYPES, Destination, Destinations
 from adapters.outbound_log import OutboundLog, QueuedMessage
 from adapters.sql import Cursor
 from domain.patient import patient_id
+from projections.hl7_text import components, control_id, escape, hl7_timestamp, msh, pid
 
 EVENT = "order_status"
-SENDER = "RADFLOW"
-HL7_VERSION = "2.5.1"
 
 # event type -> ORC-5 (HL7 table 0038); "" means: the exam's current status
 ORDER_STATUS = {
@@ -99,72 +96,15 @@ class OrderStatus:
     occurred_at: str  # ISO 8601: the event's recorded time (MSH-7, ORC-9)
 
 
-def escape(text: str) -> str:
-    """HL7 escape sequences for the standard delimiters `|^~\\&` (v2.5 section 2.7)."""
-    out = []
-    for ch in str(text):
-        out.append({"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}.get(ch, ch))
-    return "".join(out).replace("\r", " ").replace("\n", " ")
-
-
-def components(*parts: str) -> str:
-    return "^".join(escape(p) for p in parts).rstrip("^")
-
-
-def hl7_timestamp(iso: str) -> str:
-    """ISO 8601 as HL7 TS (YYYYMMDDHHMMSS[+ZZZZ]); "" for empty or unreadable input."""
-    if not iso:
-        return ""
-    try:
-        moment = datetime.fromisoformat(iso)
-    except ValueError:
-        return ""
-    text = moment.strftime("%Y%m%d%H%M%S")
-    return text + moment.strftime("%z") if moment.tzinfo else text
-
-
-def control_id(destination: str, event_key: str) -> str:
-    """MSH-10, 20 characters (the v2.5 length): the same for the same (destination, event)."""
-    return "RF" + hashlib.sha1(f"{destination}|{event_key}".encode()).hexdigest()[:18].upper()
-
-
 def order_status_message(status: OrderStatus, destination: Destination, msh10: str) -> str:
     """The ORM^O01 text (segments joined by CR)."""
     order, patient = status.order, status.order.get("patient", {})
-    name = str(patient.get("name", ""))
     placer, filler = order.get("placer_order_number", ""), order.get("filler_order_number", "")
     timing = f"^^^{hl7_timestamp(order.get('scheduled_at', ''))}" if order.get("scheduled_at") else ""
     when = hl7_timestamp(status.occurred_at)
     segments = [
-        "|".join(
-            [
-                "MSH",
-                "^~\\&",
-                SENDER,
-                SENDER,
-                escape(destination.name),
-                escape(destination.facility),
-                when,
-                "",
-                "ORM^O01^ORM_O01",
-                msh10,
-                "P",
-                HL7_VERSION,
-            ]
-        ),
-        "|".join(
-            [
-                "PID",
-                "1",
-                "",
-                components(patient.get("id", ""), "", "", patient.get("issuer", "")),
-                "",
-                "^".join(escape(part) for part in name.split("^")),
-                "",
-                escape(patient.get("birth_date", "").replace("-", "")),
-                escape(patient.get("sex", "")),
-            ]
-        ),
+        msh(destination.name, destination.facility, when, "ORM^O01^ORM_O01", msh10),
+        pid(patient),
         "|".join(["PV1", "1", escape(status.patient_class or "U")]),
         "|".join(
             [
