@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint system-deps lock bench bench-dicom bench-hl7-mapping clean
+.PHONY: run test install lint system-deps lock bench bench-dicom bench-hl7-mapping bench-reporting clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "radflow needs Python >= 3.11 ($(PYTHON))"; exit 1; }
@@ -18,11 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# DICOM peer tools the tests use as independent witnesses (echoscu, findscu, storescu, ...)
+# DICOM peer tools the tests use as independent witnesses (echoscu, findscu, storescu, ...), and
+# Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; never its own download)
 system-deps:
 	@command -v echoscu >/dev/null 2>&1 || { \
 	  echo "installing dcmtk (Debian package)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk >/dev/null; }
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium and chromium-driver (Debian packages)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 run: install
 	$(VENV)/bin/radflow up
@@ -47,6 +51,11 @@ bench-hl7-mapping: install
 # it runs in a private loopback-only network namespace. `make bench-dicom ARGS=--quick` (~2 min)
 bench-dicom: install system-deps
 	$(PY) bench/dicom.py $(ARGS)
+
+# reporting: final signature -> ORU^R01 ACK from a local python-hl7 peer (p50/p95), 50 concurrent
+# signings per round through the whole stack (`radflow up`). `make bench-reporting ARGS="--rounds 1"`
+bench-reporting: install
+	$(PY) bench/report_delivery.py $(ARGS)
 
 lock: install
 	{ echo "# Pinned versions for reproducible installs: pip install -c constraints.txt -e '.[dev]'"; \

@@ -291,7 +291,7 @@ def create_app(settings: Settings) -> FastAPI:
         if not events:
             raise HTTPException(404, f"no exam with accession {accession}")
         tagged = [(e, "exam") for e in events] + [(e, "report") for e in store.events_of(report_id(accession))]
-        tagged.sort(key=lambda pair: pair[0].timestamp)
+        tagged.sort(key=lambda pair: getattr(pair[0], "timestamp"))  # noqa: B009 (not on the protocol)
         return {"accession": accession, "events": [{**event_json(e), "aggregate": kind} for e, kind in tagged]}
 
     @app.exception_handler(Exception)
