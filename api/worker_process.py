@@ -100,6 +100,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     client = await connect(settings)
     delivery = DeliveryActivities(outbound, destinations)
     dispatcher = OutboundDispatcher(outbound, destinations, client, settings.task_queue)
+    loop = asyncio.get_running_loop()
+
+    def wake_dispatcher() -> None:  # from a runner's thread
+        loop.call_soon_threadsafe(dispatcher.wake)
+
+    for queueing in (feed, reports):  # what a feed queued goes out now, not at the next poll
+        queueing.on_applied = wake_dispatcher
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity") as executor:
         worker = Worker(
             client,

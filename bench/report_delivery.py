@@ -16,7 +16,7 @@ N-CREATE / N-SET COMPLETED), untimed; then all of them are signed at once, one c
 - ORU received: the request sent -> the peer has read the ORU^R01 (OBR-25 F) for the accession;
 - ACK: the request sent -> the peer has written its ACK (the figure the issue asks for).
 The path behind it: update -> apply_command (Report + Exam events) -> report feed projection
-(outbound row) -> dispatcher (polls every 0.2 s) -> lane workflow -> deliver_hl7 -> MLLP.
+(outbound row) -> dispatcher (woken by the feed; polls every 0.2 s besides) -> lane workflow -> deliver_hl7 -> MLLP.
 
 A warm-up round (--warmup signings, not counted) runs first. Prints a table, writes the figures
 as JSON to bench/results/report_delivery-<timestamp>.json, and stops the stack (also on error).

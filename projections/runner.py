@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from eventsourcing.persistence import Notification
@@ -53,6 +53,9 @@ class ProjectionRunner:
         self.projection = projection
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # called (from the runner's thread) after a transaction that applied events committed:
+        # a feed wakes whoever sends what it queued
+        self.on_applied: Callable[[], None] | None = None
 
     def create_schema(self) -> None:
         """Create the tables. When the projection's schema version differs from the one
@@ -107,6 +110,8 @@ class ProjectionRunner:
             except StalePosition:
                 continue
             total += len(notifications)
+            if self.on_applied is not None:
+                self.on_applied()
 
     def apply(self, notifications: Sequence[Notification]) -> None:
         with self.db.transaction() as cur:
@@ -179,6 +184,9 @@ class ProjectionRunner:
                             self.apply([notification])
                         except StalePosition:
                             self.catch_up()
+                        else:
+                            if self.on_applied is not None:
+                                self.on_applied()
             except Exception:
                 log.exception("projection subscription failed", extra={"projection": self.projection.name})
                 self._stop.wait(2.0)
