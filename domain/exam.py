@@ -17,7 +17,7 @@ from domain.commands import PerformedSeries, PlaceOrder, series_as_dicts
 from domain.completeness import missing_instances, referenced_instances
 from domain.errors import ForeignProcedureStep, IllegalTransition, OrderFrozen
 from domain.lifecycle import TERMINAL_STATES, ExamAction, ExamState, next_state
-from domain.provenance import Provenance, instant
+from domain.provenance import Provenance, arrived_at, instant
 
 EXAM_NAMESPACE = uuid5(NAMESPACE_URL, "urn:radflow:exam")
 STUDY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:radflow:study")
@@ -241,7 +241,7 @@ class Exam(Aggregate):
 
     # --- turnaround ---------------------------------------------------------------------------
 
-    completed_at = ""  # when the procedure ended (the completing command's time)
+    completed_at = ""  # when radflow learned the procedure ended: the turnaround clock starts
     turnaround_breached = False
 
     def turnaround_due(self, target_minutes: float) -> str:
@@ -458,7 +458,7 @@ class Exam(Aggregate):
         self, provenance: dict[str, Any], mpps_uid: str, ended_at: str, series: list[dict[str, Any]]
     ) -> None:
         self._ended_with(series)
-        self.completed_at = str(provenance.get("occurred_at", ""))
+        self.completed_at = arrived_at(provenance)
         self._moved(ExamAction.COMPLETE, provenance)
 
     @event(ExamDiscontinued)

@@ -53,3 +53,11 @@ def instant(iso: str) -> datetime:
     domain compares times from several sources, and naive and aware ones do not compare)."""
     value = datetime.fromisoformat(iso)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def arrived_at(provenance: dict[str, Any]) -> str:
+    """When radflow learned of it: the receiving side's own clock (`extra.received_at`, kept by
+    sources whose stated time is a device's local time without an offset, like an MPPS), else
+    the time the sender stated. Deadlines count from this, so a modality's clock or time zone
+    cannot start or end them early."""
+    return str((provenance.get("extra") or {}).get("received_at") or provenance.get("occurred_at", ""))

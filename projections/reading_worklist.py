@@ -32,7 +32,7 @@ from adapters.reporting_config import ReportingRules
 from adapters.sql import Cursor
 from domain.exam import study_instance_uid
 from domain.patient import patient_id
-from domain.provenance import instant
+from domain.provenance import arrived_at, instant
 from domain.report import report_id
 from projections.worklist import STATE_AFTER
 
@@ -272,13 +272,15 @@ class ReadingWorklistProjection:
             self._update(cur, "patient_ref", str(event.originator_id), at, patient_name=changes["name"])
 
     def _on_ExamCompleted(self, cur: Cursor, event: Any, at: str) -> None:
-        """The reading clock starts when the procedure ended (the completing command's time)."""
+        """Shown: when the procedure ended (the completing command's time). The turnaround clock
+        starts when radflow learned of it, as the workflow's timer does (domain arrived_at)."""
         completed = self._occurred(event)
         row = self._exam_row(cur, "exam_id", str(event.originator_id))
         if row is None:
             return
         target = self.rules.turnaround_for(row["priority"])
-        due = (instant(completed) + timedelta(minutes=target)).isoformat() if target > 0 else ""
+        start = utc(arrived_at(getattr(event, "provenance", None) or {})) or completed
+        due = (instant(start) + timedelta(minutes=target)).isoformat() if target > 0 else ""
         self._exam_update(cur, event, at, state="completed", completed_at=completed, turnaround_due_at=due)
 
     def _on_ReportTurnaroundBreached(self, cur: Cursor, event: Any, at: str) -> None:

@@ -292,7 +292,12 @@ def dicom_provenance(inbound: MppsInbound, row_id: int, occurred_at: str) -> Pro
             message_id=f"{PREFIX}{row_id}",
         ),
         occurred_at=occurred_at or inbound.received_at,
-        extra={"dimse": inbound.dimse, "peer": inbound.peer, "called_ae": inbound.called_ae},
+        extra={
+            "dimse": inbound.dimse,
+            "peer": inbound.peer,
+            "called_ae": inbound.called_ae,
+            "received_at": inbound.received_at,  # occurred_at is the modality's local clock
+        },
     )
 
 

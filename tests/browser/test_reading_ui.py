@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 from tests.browser.conftest import TABLET, assert_screenshot
 from tests.conftest import Stack, running_stack
 from tests.e2e.mllp import exchange, order, parse_ack, wait_for_exam
-from tests.hl7_peer import PeerServer
+from tests.hl7_peer import PeerServer, destination_yaml
 from tests.integration.mpps_builders import ended, in_progress, mpps_scu
 
 TECHNIQUE = "Axial CT of the head without contrast."
@@ -36,17 +36,12 @@ def radflow(
     tmp_path_factory: pytest.TempPathFactory, temporal_address: str, peer: PeerServer
 ) -> Iterator[Stack]:
     config = tmp_path_factory.mktemp("ui-config")
-    (config / "destinations.yaml").write_text(
-        "destinations:\n"
-        "  - name: REPORTS\n"
-        "    facility: HOSP\n"
-        "    host: 127.0.0.1\n"
-        f"    port: {peer.port}\n"
-        "    events: [report]\n"
-        "    backoff: {initial_s: 0.2, max_s: 0.5}\n"
-        "    ack_timeout_s: 2\n"
+    (config / "destinations.yaml").write_text(destination_yaml("REPORTS", peer.port, events=("report",)))
+    (config / "reporting.yaml").write_text(
+        # targets of about a second: the workflows' own timers breach both exams while setting up
+        "turnaround_minutes: {STAT: 0.02, ROUTINE: 0.02}\n"
+        f"templates:\n  CTHEAD:\n    technique: {TECHNIQUE}\n"
     )
-    (config / "reporting.yaml").write_text(f"templates:\n  CTHEAD:\n    technique: {TECHNIQUE}\n")
     with running_stack(
         tmp_path_factory.mktemp("ui-stack"), temporal_address, {"RADFLOW_HL7_CONFIG_DIR": str(config)}
     ) as stack:
@@ -123,7 +118,7 @@ def assert_no_sideways_scroll(page: Any, width: int) -> None:
 @pytest.fixture(scope="module")
 def exams(radflow: Stack) -> dict[str, str]:
     """One patient: a routine CT done first (the prior), then a STAT CT; both await reading.
-    The modality's dates are days ago, so both are past their turnaround target."""
+    Their turnaround targets are a second long, so both are breached by their workflows' timers."""
     tag = uuid.uuid4().hex[:6].upper()
     patient = f"MRN{tag}"
     prior, stat = f"UIR{tag}", f"UIS{tag}"
