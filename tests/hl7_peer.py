@@ -77,3 +77,27 @@ class PeerServer:
                 raise TimeoutError(f"peer received {len(self.control_ids())} of {count} messages")
             time.sleep(0.02)
         return self.control_ids()
+
+
+def destination_yaml(
+    name: str,
+    port: int,
+    *,
+    events: tuple[str, ...] = (),
+    max_attempts: int | None = None,
+    ack_timeout_s: float = 2,
+) -> str:
+    """A destinations.yaml sending to a local peer, with quick retries for tests."""
+    lines = [
+        "destinations:",
+        f"  - name: {name}",
+        "    facility: HOSP",
+        "    host: 127.0.0.1",
+        f"    port: {port}",
+    ]
+    if events:
+        lines.append(f"    events: [{', '.join(events)}]")
+    if max_attempts is not None:
+        lines.append(f"    max_attempts: {max_attempts}")
+    lines += ["    backoff: {initial_s: 0.2, max_s: 0.5}", f"    ack_timeout_s: {ack_timeout_s:g}"]
+    return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import ROOT, Stack, running_stack
 from tests.e2e.mllp import cancel, exchange, order, parse_ack, wait_for_exam
-from tests.hl7_peer import PeerServer
+from tests.hl7_peer import PeerServer, destination_yaml
 from tests.integration.mpps_builders import ended, in_progress, mpps_scu
 
 REFUSED: set[str] = set()  # accessions the peer answers AR for
@@ -44,14 +44,7 @@ def radflow(
 ) -> Iterator[Stack]:
     config = tmp_path_factory.mktemp("hl7config")
     (config / "destinations.yaml").write_text(
-        "destinations:\n"
-        "  - name: PEER\n"
-        "    facility: HOSP\n"
-        "    host: 127.0.0.1\n"
-        f"    port: {peer.port}\n"
-        "    max_attempts: 3\n"
-        "    backoff: {initial_s: 0.2, max_s: 0.5}\n"
-        "    ack_timeout_s: 1\n"
+        destination_yaml("PEER", peer.port, max_attempts=3, ack_timeout_s=1)
     )
     with running_stack(
         tmp_path_factory.mktemp("outbound"), temporal_address, {"RADFLOW_HL7_CONFIG_DIR": str(config)}

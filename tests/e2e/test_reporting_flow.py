@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import Stack, running_stack
 from tests.e2e.mllp import cancel, exchange, history_types, order, parse_ack, wait_for_exam
-from tests.hl7_peer import PeerServer
+from tests.hl7_peer import PeerServer, destination_yaml
 from tests.integration.mpps_builders import ended, in_progress, mpps_scu
 
 FINDINGS = {
@@ -37,16 +37,7 @@ def radflow(
     tmp_path_factory: pytest.TempPathFactory, temporal_address: str, peer: PeerServer
 ) -> Iterator[Stack]:
     config = tmp_path_factory.mktemp("config")
-    (config / "destinations.yaml").write_text(
-        "destinations:\n"
-        "  - name: EHR\n"
-        "    facility: HOSP\n"
-        "    host: 127.0.0.1\n"
-        f"    port: {peer.port}\n"
-        "    events: [report]\n"
-        "    backoff: {initial_s: 0.2, max_s: 0.5}\n"
-        "    ack_timeout_s: 2\n"
-    )
+    (config / "destinations.yaml").write_text(destination_yaml("EHR", peer.port, events=("report",)))
     (config / "reporting.yaml").write_text(
         "claim_minutes: 20\ntemplates:\n  CTHEAD:\n    technique: Axial CT of the head without contrast.\n"
     )
