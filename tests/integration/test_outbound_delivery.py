@@ -23,7 +23,8 @@ from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.tls import server_context
 from interfaces.hl7.outbound_dispatcher import OutboundDispatcher
-from projections.order_status_feed import OrderStatus, control_id, order_status_message
+from projections.hl7_text import control_id
+from projections.order_status_feed import OrderStatus, order_status_message
 from tests.conftest import free_port
 from tests.hl7_peer import PeerServer, always
 from tests.tls_certs import make_pki

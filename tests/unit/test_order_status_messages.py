@@ -16,13 +16,8 @@ from adapters.sql import Database
 from domain.commands import PatientDemographics
 from domain.exam import Exam
 from domain.patient import Patient
-from projections.order_status_feed import (
-    OrderStatus,
-    OrderStatusFeed,
-    control_id,
-    hl7_timestamp,
-    order_status_message,
-)
+from projections.hl7_text import control_id, hl7_timestamp
+from projections.order_status_feed import OrderStatus, OrderStatusFeed, order_status_message
 from projections.runner import TRACKING_SCHEMA
 from tests.unit.exam_builders import place_order, provenance
 
