@@ -6,10 +6,12 @@ actions (claim, draft, sign) are in api/reporting.py."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import psycopg
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
@@ -81,6 +83,7 @@ def worklist_item(row: dict[str, Any], priors: list[dict[str, Any]], now: str) -
 
 def prior_json(row: dict[str, Any]) -> dict[str, Any]:
     return {
+        "kind": "exam",
         "accession": row["accession"],
         "procedure": {"code": row["procedure_code"], "text": row["procedure_text"]},
         "modality": row["modality"],
@@ -104,6 +107,7 @@ def priors_of(db: Database, rows: list[dict[str, Any]]) -> dict[str, list[dict[s
         "ORDER BY completed_at DESC, accession",
         keys,
     )
+    studies = stored_only_studies(db, sorted({row["patient_id"] for row in rows}))
     result: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         mine = [
@@ -113,8 +117,57 @@ def priors_of(db: Database, rows: list[dict[str, Any]]) -> dict[str, list[dict[s
             and c["accession"] != row["accession"]
             and (row["completed_at"] is None or c["completed_at"] < row["completed_at"])
         ]
+        mine += [
+            s
+            for s in studies
+            if s["patient_id"] == row["patient_id"]
+            and (row["completed_at"] is None or s["completed_at"] < row["completed_at"])
+        ]
+        mine.sort(key=lambda prior: prior["completed_at"] or "", reverse=True)
         result[row["accession"]] = mine[:PRIORS_PER_EXAM]
     return result
+
+
+def stored_only_studies(db: Database, patient_ids: list[str]) -> list[dict[str, Any]]:
+    """Studies the PACS holds for these patient ids that belong to no exam here (images
+    imported or sent before radflow took the orders): priors too, shown by their DICOM
+    description and study date. Matched on Patient ID alone: DICOM carries no issuer here."""
+    if not patient_ids:
+        return []
+    marks = ", ".join("?" for _ in patient_ids)
+    try:
+        found = db.query(
+            "SELECT study_instance_uid, patient_id, accession_number, study_date, study_time, "
+            f"study_description, modalities FROM pacs_studies WHERE patient_id IN ({marks}) "
+            "AND linked_accession = '' ORDER BY study_date DESC",
+            patient_ids,
+        )
+    except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):  # no PACS index in this database
+        return []
+    return [
+        {
+            "kind": "study",
+            "accession": s["accession_number"],
+            "study_instance_uid": s["study_instance_uid"],
+            "patient_id": s["patient_id"],
+            "procedure": {"code": "", "text": s["study_description"]},
+            "modality": s["modalities"],
+            "body_part": "",
+            "completed_at": _study_moment(s["study_date"], s["study_time"]),
+            "state": "stored",
+            "report_status": "",
+            "impression": "",
+        }
+        for s in found
+    ]
+
+
+def _study_moment(date: str, time: str) -> str:
+    """DICOM DA/TM as ISO 8601 (UTC assumed, as elsewhere in the reading list), "" without a date."""
+    if len(date) != 8 or not date.isdigit():
+        return ""
+    clock = (time or "000000").split(".")[0].ljust(6, "0")[:6]
+    return f"{date[:4]}-{date[4:6]}-{date[6:]}T{clock[:2]}:{clock[2:4]}:{clock[4:6]}+00:00"
 
 
 def revision_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +294,11 @@ def reading_router(
             items.append(
                 {
                     "accession": row["accession"],
-                    "patient": {"id": row["patient_id"], "issuer": row["patient_issuer"], "name": row["patient_name"]},
+                    "patient": {
+                        "id": row["patient_id"],
+                        "issuer": row["patient_issuer"],
+                        "name": row["patient_name"],
+                    },
                     "procedure": {"code": row["procedure_code"], "text": row["procedure_text"]},
                     "state": row["critical"],
                     "level": row["critical_level"],

@@ -237,7 +237,12 @@ function readingPage() {
     return el("details", { class: "priors" },
       el("summary", {}, `${list.length} prior${list.length > 1 ? "s" : ""}`),
       list.map((p) => el("div", { class: "prior" },
-        el("a", { href: `/ui/exams/${encodeURIComponent(p.accession)}` }, (p.procedure && (p.procedure.text || p.procedure.code)) || p.accession),
+        el("a", {
+          // a study the PACS holds without an exam here has no exam page: its index entry
+          href: p.kind === "study"
+            ? `/api/studies/${encodeURIComponent(p.study_instance_uid)}`
+            : `/ui/exams/${encodeURIComponent(p.accession)}`,
+        }, (p.procedure && (p.procedure.text || p.procedure.code)) || p.accession || "study"),
         ` ${p.modality || ""} · ${localTime(p.completed_at) || "not completed"} · ${p.report_status || p.state || ""}`,
         p.impression ? el("div", { class: "impression" }, p.impression) : null)));
   }

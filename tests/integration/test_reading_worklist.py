@@ -19,7 +19,9 @@ from adapters.reporting_config import ReportingRules
 from adapters.settings import Settings
 from adapters.sql import Database
 from api.reading import reading_router
+from domain.commands import StoreInstances
 from domain.exam import study_instance_uid
+from projections.pacs_index import PacsIndexProjection
 from projections.reading_worklist import ReadingWorklistProjection, impression_of
 from projections.runner import ProjectionRunner
 from tests.integration.reading_builders import Department, at
@@ -401,3 +403,64 @@ def whole(db: Database, uid: str) -> dict[str, list[dict[str, Any]]]:
 )
 def test_the_impression_of_a_plain_text_report(text: str, impression: str) -> None:
     assert impression_of(text) == impression
+
+
+def test_studies_the_pacs_holds_without_an_exam_are_priors_too(
+    store: EventStore, runner: ProjectionRunner, projection_db: Database, uid: str
+) -> None:
+    """Images imported before radflow took the orders (no exam here) still show as priors of the
+    patient's exams, by their DICOM description and date; another patient's do not."""
+    d = Department(store, uid)
+    ann = d.patient("ANN")
+    acc = d.order("P", ann, priority="STAT")
+    d.perform(acc, "10:00")
+
+    def imported(study_uid: str, patient: str, date: str, description: str) -> None:
+        d.apply(
+            StoreInstances(
+                provenance=d._provenance("PACS-IMPORT", "dicom", at("09:00")),
+                study_instance_uid=study_uid,
+                study={
+                    "patient_id": patient,
+                    "study_date": date,
+                    "study_time": "081500",
+                    "study_description": description,
+                },
+                series=(
+                    {
+                        "series_instance_uid": f"{study_uid}.1",
+                        "modality": "CR",
+                        "series_number": "1",
+                        "instances": [
+                            {
+                                "sop_instance_uid": f"{study_uid}.1.1",
+                                "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1",
+                            }
+                        ],
+                    },
+                ),
+                accession="",
+            )
+        )
+
+    imported(f"1.2.9.{uid_number(uid)}.1", ann.id, "20190704", "XR chest PA")
+    imported(f"1.2.9.{uid_number(uid)}.2", f"OTHER{uid}", "20200101", "XR knee")
+    imported(f"1.2.9.{uid_number(uid)}.3", ann.id, "20990101", "from the future: not a prior")
+    pacs = ProjectionRunner(store, projection_db, PacsIndexProjection())
+    pacs.create_schema()
+    pacs.catch_up()
+    runner.catch_up()
+
+    (item,) = [
+        i
+        for i in client_at(projection_db, "11:55").get("/api/reading/worklist").json()["items"]
+        if i["accession"] == acc
+    ]
+    assert [(p["kind"], p["procedure"]["text"], p["completed_at"]) for p in item["priors"]] == [
+        ("study", "XR chest PA", "2019-07-04T08:15:00+00:00")
+    ]
+    assert item["priors"][0]["study_instance_uid"] == f"1.2.9.{uid_number(uid)}.1"
+
+
+def uid_number(uid: str) -> int:
+    return int.from_bytes(uid.encode(), "big") % 10**9
