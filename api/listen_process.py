@@ -17,6 +17,7 @@ from adapters.storage_log import StorageLog
 from adapters.temporal import connect
 from api.signals import run_until_signalled
 from interfaces.dicom.commitment import storage_commitment_service
+from interfaces.dicom.late_orders import Exam, link_late_arrivals
 from interfaces.dicom.mpps import mpps_service
 from interfaces.dicom.query_retrieve import query_retrieve_service
 from interfaces.dicom.server import start_dicom_server
@@ -63,6 +64,10 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
         association_log=storage_log,
     )
     flusher.start()
+    late = asyncio.create_task(
+        link_late_orders_forever(mpps_log, storage_log, worklist_exam(projections_db), wake_relay, stop),
+        name="late-orders",
+    )
     relay_task: asyncio.Task[None] | None = None
     try:
         # the listener already ACKs; the relay joins when Temporal answers (or never, if
@@ -77,6 +82,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
             await stopping
         connecting.cancel()
     finally:
+        late.cancel()
         if relay_task is not None:
             relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -101,6 +107,40 @@ def exam_for_study(projections_db: Database) -> Callable[[str], str | None]:
         return rows[0]["accession"] if rows else None
 
     return lookup
+
+
+def worklist_exam(projections_db: Database) -> Callable[[str], Exam | None]:
+    """The exam as the worklist shows it: present only once its order was applied."""
+
+    def lookup(accession: str) -> Exam | None:
+        try:
+            rows = projections_db.query(
+                "SELECT accession, patient_id, state FROM worklist WHERE accession = ?", (accession,)
+            )
+        except Exception:  # no worklist yet (fresh install)
+            return None
+        return Exam(rows[0]["accession"], rows[0]["patient_id"], rows[0]["state"]) if rows else None
+
+    return lookup
+
+
+async def link_late_orders_forever(
+    mpps_log: MppsLog,
+    storage_log: StorageLog,
+    exam_of: Callable[[str], Exam | None],
+    wake_relay: Callable[[], None],
+    stop: asyncio.Event,
+    poll_s: float = 1.0,
+) -> None:
+    """Every `poll_s`, link queued MPPS and studies whose order has arrived since."""
+    while not stop.is_set():
+        try:
+            if await asyncio.to_thread(link_late_arrivals, mpps_log, storage_log, exam_of):
+                wake_relay()
+        except Exception:  # a database hiccup: try again at the next round
+            log.exception("linking late orders failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_s)
 
 
 def main(settings: Settings) -> None:

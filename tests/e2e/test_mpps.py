@@ -55,7 +55,9 @@ def mpps_rows(stack: Stack, uid: str) -> list[dict[str, Any]]:
     path = stack.data_dir / "messages.sqlite"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as conn:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM mpps_messages WHERE sop_instance_uid = ? ORDER BY id", (uid,)).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM mpps_messages WHERE sop_instance_uid = ? ORDER BY id", (uid,)
+        ).fetchall()
     return [dict(r) for r in rows]
 
 
@@ -73,7 +75,11 @@ def test_in_progress_then_completed_moves_the_exam_and_its_history_carries_the_d
     wait_for_exam(radflow, acc, "completed")
 
     ordered, started, completed = history(radflow, acc)
-    assert [e["type"] for e in (ordered, started, completed)] == ["ExamOrdered", "ExamStarted", "ExamCompleted"]
+    assert [e["type"] for e in (ordered, started, completed)] == [
+        "ExamOrdered",
+        "ExamStarted",
+        "ExamCompleted",
+    ]
     rows = mpps_rows(radflow, step)
     for event, row in zip((started, completed), rows, strict=True):
         assert event["actor"] == "CT01"
@@ -91,7 +97,9 @@ def test_in_progress_then_completed_moves_the_exam_and_its_history_carries_the_d
     [performed] = completed["data"]["series"]
     assert performed["series_instance_uid"] == series
     assert [i["sop_instance_uid"] for i in performed["instances"]] == images
-    rows = radflow.wait_until(lambda: (r := mpps_rows(radflow, step)) and all(x["applied_status"] for x in r) and r)
+    rows = radflow.wait_until(
+        lambda: (r := mpps_rows(radflow, step)) and all(x["applied_status"] for x in r) and r
+    )
     assert [(r["dimse"], r["outcome"], r["applied_status"]) for r in rows] == [
         ("N-CREATE", "accepted", "applied"),
         ("N-SET", "accepted", "applied"),
@@ -112,7 +120,9 @@ def test_discontinued_discontinues_the_exam_with_the_reason_the_modality_gave(ra
     assert discontinued["data"]["reason"] == "110526^Resource failure^DCM"
 
 
-def test_each_refusal_reaches_the_modality_with_its_status_and_comment_and_moves_no_exam(radflow: Stack) -> None:
+def test_each_refusal_reaches_the_modality_with_its_status_and_comment_and_moves_no_exam(
+    radflow: Stack,
+) -> None:
     done, cancelled, busy = accession("RD"), accession("RC"), accession("RB")
     for acc in (done, cancelled, busy):
         place(radflow, acc)
@@ -162,11 +172,20 @@ def _from_corpus(path: Path, accession: str | None = None) -> Dataset:
     return ds
 
 
-def test_the_dvtk_mpps_datasets_drive_exams_when_pointed_at_our_orders(radflow: Stack, corpus_dir: Path) -> None:
+def test_the_dvtk_mpps_datasets_drive_exams_when_pointed_at_our_orders(
+    radflow: Stack, corpus_dir: Path
+) -> None:
     folder = corpus_dir / DVTK
     files = {p.name: p for p in sorted(folder.glob("*.dcm"))}
-    assert set(files) == {"mpps-inprogress1.dcm", "mpps-inprogress2.dcm", "mpps-completed1.dcm", "mpps-discontinued1.dcm"}
-    step = str(dcmread(files["mpps-inprogress1.dcm"]).file_meta.MediaStorageSOPInstanceUID)  # all four share it
+    assert set(files) == {
+        "mpps-inprogress1.dcm",
+        "mpps-inprogress2.dcm",
+        "mpps-completed1.dcm",
+        "mpps-discontinued1.dcm",
+    }
+    step = str(
+        dcmread(files["mpps-inprogress1.dcm"]).file_meta.MediaStorageSOPInstanceUID
+    )  # all four share it
     first, second = accession("DV"), accession("DW")
     place(radflow, first)
     place(radflow, second)
@@ -180,12 +199,32 @@ def test_the_dvtk_mpps_datasets_drive_exams_when_pointed_at_our_orders(radflow: 
             return int(reply.status)
 
         results = [
-            send("mpps-inprogress1.dcm", f"N-CREATE {first}", scu.create(_from_corpus(files["mpps-inprogress1.dcm"], first), step)),
-            send("mpps-inprogress2.dcm", "N-CREATE same UID", scu.create(_from_corpus(files["mpps-inprogress2.dcm"], first), step)),
+            send(
+                "mpps-inprogress1.dcm",
+                f"N-CREATE {first}",
+                scu.create(_from_corpus(files["mpps-inprogress1.dcm"], first), step),
+            ),
+            send(
+                "mpps-inprogress2.dcm",
+                "N-CREATE same UID",
+                scu.create(_from_corpus(files["mpps-inprogress2.dcm"], first), step),
+            ),
             send("mpps-completed1.dcm", "N-SET", scu.set(_from_corpus(files["mpps-completed1.dcm"]), step)),
-            send("mpps-discontinued1.dcm", "N-SET after COMPLETED", scu.set(_from_corpus(files["mpps-discontinued1.dcm"]), step)),
-            send("mpps-inprogress2.dcm", f"N-CREATE {second}, new UID", scu.create(_from_corpus(files["mpps-inprogress2.dcm"], second), second_step)),
-            send("mpps-discontinued1.dcm", "N-SET on the new UID", scu.set(_from_corpus(files["mpps-discontinued1.dcm"]), second_step)),
+            send(
+                "mpps-discontinued1.dcm",
+                "N-SET after COMPLETED",
+                scu.set(_from_corpus(files["mpps-discontinued1.dcm"]), step),
+            ),
+            send(
+                "mpps-inprogress2.dcm",
+                f"N-CREATE {second}, new UID",
+                scu.create(_from_corpus(files["mpps-inprogress2.dcm"], second), second_step),
+            ),
+            send(
+                "mpps-discontinued1.dcm",
+                "N-SET on the new UID",
+                scu.set(_from_corpus(files["mpps-discontinued1.dcm"]), second_step),
+            ),
         ]
     print("\nDVTk MPPS datasets against radflow:")
     for name, what, status, comment in report:
@@ -208,16 +247,26 @@ def test_the_dvtk_mpps_datasets_drive_exams_when_pointed_at_our_orders(radflow: 
     assert completed["data"]["ended_at"] == "2006-07-19T13:54:46"
 
 
-def test_an_mpps_for_an_unknown_accession_is_queued_and_linked_to_an_exam_with_a_reason(radflow: Stack) -> None:
+def test_an_mpps_for_an_unknown_accession_is_queued_and_linked_to_an_exam_with_a_reason(
+    radflow: Stack,
+) -> None:
     typo, real, step = accession("TY"), accession("RL"), generate_uid()
     with mpps_scu(radflow.dicom_port, calling_ae="MR01") as scu:
         assert scu.create(in_progress(typo), step).status == 0x0000
-        assert scu.set(ended("COMPLETED", [series_item(generate_uid(), [generate_uid()])]), step).status == 0x0000
+        assert (
+            scu.set(ended("COMPLETED", [series_item(generate_uid(), [generate_uid()])]), step).status
+            == 0x0000
+        )
 
     queue = radflow.get("/api/reconciliation/mpps").json()["items"]
     [entry] = [e for e in queue if e["sop_instance_uid"] == step]
     assert (entry["reason"], entry["claimed_accession"]) == (f"unknown accession {typo}", typo)
-    assert (entry["status"], entry["calling_ae"], entry["series"], entry["instances"]) == ("COMPLETED", "MR01", 1, 1)
+    assert (entry["status"], entry["calling_ae"], entry["series"], entry["instances"]) == (
+        "COMPLETED",
+        "MR01",
+        1,
+        1,
+    )
     assert entry["linked"] is None
     listed = subprocess.run(
         [sys.executable, "-m", "api.cli", "reconcile", "list"],
@@ -245,14 +294,46 @@ def test_an_mpps_for_an_unknown_accession_is_queued_and_linked_to_an_exam_with_a
     events = history(radflow, real)
     assert [e["type"] for e in events] == ["ExamOrdered", "ExamStarted", "ExamCompleted"]
     for event, message_id in zip(events[1:], linked.json()["message_ids"], strict=True):
-        assert (event["actor"], event["source"]["kind"], event["source"]["control_id"]) == ("jsmith", "api", step)
+        assert (event["actor"], event["source"]["kind"], event["source"]["control_id"]) == (
+            "jsmith",
+            "api",
+            step,
+        )
         assert event["source"]["message_id"] == message_id
         assert event["context"]["reason"] == reason
         assert event["context"]["mpps_calling_ae"] == "MR01"
-    assert step not in {e["sop_instance_uid"] for e in radflow.get("/api/reconciliation/mpps").json()["items"]}
+    assert step not in {
+        e["sop_instance_uid"] for e in radflow.get("/api/reconciliation/mpps").json()["items"]
+    }
     everything = radflow.get("/api/reconciliation/mpps", include_linked="true").json()["items"]
     [done] = [e for e in everything if e["sop_instance_uid"] == step]
-    assert done["linked"]["accession"] == real and done["linked"]["reason"] == reason and done["linked"]["by"] == "jsmith"
+    assert (
+        done["linked"]["accession"] == real
+        and done["linked"]["reason"] == reason
+        and done["linked"]["by"] == "jsmith"
+    )
+
+
+def test_an_mpps_that_came_before_its_order_is_linked_when_the_order_arrives(radflow: Stack) -> None:
+    """The modality began before the HIS's order arrived: queued as unknown, then linked by
+    radflow once the exam exists (same accession, same patient); a step for the same accession
+    but another patient stays queued for a person."""
+    early, other, step, stranger = accession("LO"), accession("LP"), generate_uid(), generate_uid()
+    with mpps_scu(radflow.dicom_port, calling_ae="CT02") as scu:
+        assert scu.create(in_progress(early, patient_id="MRN1"), step).status == 0x0000
+        assert scu.set(ended("COMPLETED", []), step).status == 0x0000
+        assert scu.create(in_progress(other, patient_id="SOMEONE-ELSE"), stranger).status == 0x0000
+    queued = {e["sop_instance_uid"] for e in radflow.get("/api/reconciliation/mpps").json()["items"]}
+    assert {step, stranger} <= queued
+
+    place(radflow, early)  # patient MRN1, as the step said
+    place(radflow, other)
+    wait_for_exam(radflow, early, "completed", timeout=30)
+    started = [e for e in history(radflow, early) if e["type"] == "ExamStarted"][0]
+    assert started["actor"] == "radflow" and "arrived after" in started["context"]["reason"]
+    wait_for_exam(radflow, other, "ordered")
+    remaining = {e["sop_instance_uid"] for e in radflow.get("/api/reconciliation/mpps").json()["items"]}
+    assert stranger in remaining and step not in remaining
 
 
 def test_an_acknowledged_mpps_is_delivered_after_the_listener_is_killed_before_relaying_it(

@@ -131,8 +131,8 @@ def test_an_ordered_exams_series_is_stored_byte_exact_indexed_and_attached_once_
 def test_a_study_for_an_accession_nobody_ordered_waits_for_reconciliation_and_a_link_attaches_it(
     radflow: Stack, tmp_path: Path
 ) -> None:
-    acc = accession("RC")
-    study = StudySpec(acc, patient_id="MRN7")
+    typo, acc = accession("TY"), accession("RC")
+    study = StudySpec(typo, patient_id="MRN7")
     assert storescu(radflow, write_series(tmp_path, study, 2)).returncode == 0
     radflow.wait_until(lambda: indexed(radflow, study.study_instance_uid) == 2)
 
@@ -141,7 +141,7 @@ def test_a_study_for_an_accession_nobody_ordered_waits_for_reconciliation_and_a_
         return next((i for i in items if i["study_instance_uid"] == study.study_instance_uid), None)
 
     entry = radflow.wait_until(queued)
-    assert entry["reason"] == f"accession {acc} was never ordered"
+    assert entry["reason"] == f"accession {typo} was never ordered"
     assert entry["instances"] == 2 and entry["patient"]["id"] == "MRN7"
 
     refused = httpx.post(
@@ -153,7 +153,7 @@ def test_a_study_for_an_accession_nobody_ordered_waits_for_reconciliation_and_a_
     place(radflow, acc, patient_id="MRN7")
     linked = httpx.post(
         f"{radflow.base_url}/api/reconciliation/studies/{study.study_instance_uid}/link",
-        json={"accession": acc, "reason": "order arrived late", "user": "jsmith"},
+        json={"accession": acc, "reason": "typo at the modality", "user": "jsmith"},
     )
     assert linked.status_code == 202, linked.text
     radflow.wait_until(lambda: "ImagesStored" in history_types(radflow, acc))
@@ -174,6 +174,33 @@ def test_a_study_for_an_accession_nobody_ordered_waits_for_reconciliation_and_a_
     )
     assert again.status_code == 409
     assert queued() is None  # linked studies leave the queue
+
+
+def test_a_study_that_came_before_its_order_is_linked_when_the_order_arrives(
+    radflow: Stack, tmp_path: Path
+) -> None:
+    """The HIS sent the order late: once its exam exists, radflow links the queued study itself
+    (same accession, same patient), with the reason in the history; nobody has to reconcile."""
+    acc = accession("LO")
+    study = StudySpec(acc, patient_id="MRN8")
+    assert storescu(radflow, write_series(tmp_path, study, 2)).returncode == 0
+    radflow.wait_until(
+        lambda: any(
+            i["study_instance_uid"] == study.study_instance_uid
+            for i in radflow.get("/api/reconciliation/studies").json()["items"]
+        )
+    )
+    place(radflow, acc, patient_id="MRN8")
+    radflow.wait_until(lambda: "ImagesStored" in history_types(radflow, acc), timeout=30)
+    stored = [
+        e for e in radflow.get(f"/api/exams/{acc}/history").json()["events"] if e["type"] == "ImagesStored"
+    ]
+    assert stored[0]["actor"] == "radflow" and "arrived after" in stored[0]["context"]["reason"]
+    assert not [
+        i
+        for i in radflow.get("/api/reconciliation/studies").json()["items"]
+        if i["study_instance_uid"] == study.study_instance_uid
+    ]
 
 
 def test_a_patient_id_mismatch_is_kept_and_queued_not_attached(radflow: Stack, tmp_path: Path) -> None:
@@ -264,7 +291,9 @@ def test_a_stock_dcmtk_client_with_nagle_on_still_stores_fast(radflow: Stack, tm
     assert elapsed < 40 * 0.088 * 0.75, f"40 stores took {elapsed:.2f} s: Nagle is back"
 
 
-def test_a_monitor_polling_healthz_does_not_use_up_the_aes_associations(radflow: Stack, tmp_path: Path) -> None:
+def test_a_monitor_polling_healthz_does_not_use_up_the_aes_associations(
+    radflow: Stack, tmp_path: Path
+) -> None:
     """The DICOM part of /healthz is a C-ECHO: a bare TCP probe held an association slot for
     pynetdicom's 30 s ACSE timeout, and 40 probes locked modalities out (A-ASSOCIATE-RJ)."""
     for _ in range(40):
