@@ -42,7 +42,7 @@ class CommitmentLog:
         self.db = db
 
     def create_schema(self) -> None:
-        self.db.executescript(SCHEMA)
+        self.db.create_tables(SCHEMA)
 
     def record_request(
         self,

@@ -99,6 +99,14 @@ class Database:
         with self.transaction() as cur:
             cur.execute(statement, params)
 
+    def create_tables(self, statements: Sequence[str]) -> None:
+        """DDL that every process runs at start: one at a time. Two PostgreSQL sessions creating
+        the same table at once collide on its catalogue row (pg_type unique violation) even
+        with IF NOT EXISTS."""
+        with self.serialised("radflow-schema") as cur:
+            for statement in statements:
+                cur.execute(statement)
+
     def executescript(self, statements: Sequence[str]) -> None:
         with self.transaction() as cur:
             for statement in statements:

@@ -152,7 +152,7 @@ class StorageLog(OutboxTable):
         # the HL7 log too, complete (columns, indexes, patient links): whether an accession
         # was ordered is read from it
         message_log.MessageLog(self.db).create_schema()
-        self.db.executescript(SCHEMA)
+        self.db.create_tables(SCHEMA)
 
     @contextmanager
     def transaction(self) -> Iterator[StorageRecords]:
