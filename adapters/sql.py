@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 from adapters.settings import Settings
 
@@ -26,13 +27,22 @@ _TYPES = {
 
 
 class Database:
-    """A connection per thread; `transaction()` commits (durably on SQLite) or rolls back."""
+    """SQLite: a connection per thread (a file: cheap, and WAL wants it). PostgreSQL: connections
+    from a pool, held only while a statement or transaction runs. A thread inside a transaction
+    keeps its connection for every nested call, so it reads its own writes.
+
+    Why a pool: the API answers sync routes from a pool of ~40 threads, and a connection kept per
+    thread and per Database (several per process) went past PostgreSQL's 100 connections."""
+
+    POOL_MAX = 16  # connections per Database on PostgreSQL; more callers wait for one
 
     def __init__(self, dialect: str, *, path: Path | None = None, conninfo: str = "") -> None:
         self.dialect = dialect
         self.path = path
         self.conninfo = conninfo
         self._local = threading.local()
+        self._pool: ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def for_file(cls, settings: Settings, sqlite_path: Path) -> Database:
@@ -50,36 +60,62 @@ class Database:
             statement = statement.replace("?", "%s")
         return statement
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
+    def _sqlite(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            if self.dialect == "sqlite":
-                conn = sqlite3.connect(
-                    str(self.path), timeout=30, isolation_level=None, check_same_thread=False
-                )
-                conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")  # an ACK follows the commit
-                conn.execute("PRAGMA busy_timeout=30000")
-            else:
-                conn = psycopg.connect(self.conninfo, row_factory=dict_row, autocommit=True)
+            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # an ACK follows the commit
+            conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
 
+    def _postgres_pool(self) -> ConnectionPool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.conninfo,
+                    kwargs={"row_factory": dict_row, "autocommit": True},
+                    min_size=1,
+                    max_size=self.POOL_MAX,
+                    max_idle=60,
+                    open=True,
+                    name=f"radflow-{id(self):x}",
+                )
+            return self._pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """This thread's connection: its open transaction's, else one borrowed for the call."""
+        if self.dialect == "sqlite":
+            yield self._sqlite()
+            return
+        held = getattr(self._local, "conn", None)
+        if held is not None:
+            yield held
+            return
+        with self._postgres_pool().connection() as conn:
+            self._local.conn = conn
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
+
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        conn = self._connection()
-        if self.dialect == "sqlite":
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield Cursor(self, conn.cursor())
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        else:
-            with conn.transaction(), conn.cursor() as cur:
-                yield Cursor(self, cur)
+        with self._connection() as conn:
+            if self.dialect == "sqlite":
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Cursor(self, conn.cursor())
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            else:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield Cursor(self, cur)
 
     @contextmanager
     def serialised(self, name: str) -> Iterator[Cursor]:
@@ -91,9 +127,9 @@ class Database:
             yield cur
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        conn = self._connection()
-        cur = conn.execute(self.sql(statement), tuple(params))
-        return [dict(row) for row in cur.fetchall()]
+        with self._connection() as conn:
+            cur = conn.execute(self.sql(statement), tuple(params))
+            return [dict(row) for row in cur.fetchall()]
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
         with self.transaction() as cur:
@@ -116,10 +152,16 @@ class Database:
         self.query("SELECT 1 AS ok")
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        if self.dialect == "sqlite":
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
+            return
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
 
 class Cursor:

@@ -121,7 +121,7 @@ def generate(rows: int, seed: int = 7) -> Iterator[tuple[Any, ...]]:
 
 
 def load_sqlite(db: Database, rows: int) -> None:
-    conn = db._connection()  # the bench's own bulk load; searching goes through MessageLog
+    conn = db._sqlite()  # the bench's own bulk load; searching goes through MessageLog
     conn.execute("PRAGMA synchronous=OFF")
     marks = ", ".join("?" * len(COLUMNS.split(",")))
     batch: list[tuple[Any, ...]] = []
