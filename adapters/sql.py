@@ -77,9 +77,11 @@ class Database:
                 self._pool = ConnectionPool(
                     self.conninfo,
                     kwargs={"row_factory": dict_row, "autocommit": True},
-                    min_size=1,
+                    # none kept when idle: a process (or a test) that stopped using a Database
+                    # holds no connection against PostgreSQL's limit; a busy one keeps its own
+                    min_size=0,
                     max_size=self.POOL_MAX,
-                    max_idle=60,
+                    max_idle=10,
                     open=True,
                     name=f"radflow-{id(self):x}",
                 )
