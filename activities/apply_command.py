@@ -34,6 +34,7 @@ from domain.commands import (
     CompleteProcedure,
     DischargePatient,
     DiscontinueProcedure,
+    ForceExamState,
     IssueReport,
     LinkStudy,
     MergePatients,
@@ -63,6 +64,7 @@ APPLIED, DUPLICATE, REFUSED = "applied", "duplicate", "refused"
 ExamCommand = (
     PlaceOrder
     | CancelOrder
+    | ForceExamState
     | StartProcedure
     | CompleteProcedure
     | DiscontinueProcedure
@@ -75,6 +77,7 @@ ExamCommand = (
 EXAM_COMMAND_TYPES = (
     PlaceOrder,
     CancelOrder,
+    ForceExamState,
     StartProcedure,
     CompleteProcedure,
     DiscontinueProcedure,
@@ -459,6 +462,8 @@ def _perform(exam: Exam, command: ExamCommand) -> bool | None:
             return exam.change_patient(_patient_dict(command), command.prior_key, command.reason, command.provenance)
         case CancelOrder():
             exam.cancel(command.reason, command.provenance)
+        case ForceExamState():
+            exam.force_state(command.target, command.reason, command.provenance)
         case StartProcedure():
             exam.start(
                 command.provenance,

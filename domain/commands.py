@@ -120,6 +120,17 @@ class DiscontinueProcedure(Command):
 
 
 @dataclass(frozen=True)
+class ForceExamState(Command):
+    """Operations move an exam by hand, with a reason, where a documented forced move allows
+    it (domain/lifecycle.py FORCED_TRANSITIONS): a compensating event, not an edit."""
+
+    kind: ClassVar[str] = "force_exam_state"
+    accession: str
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RegisterPatient(Command):
     kind: ClassVar[str] = "register_patient"
     patient: PatientDemographics
@@ -348,6 +359,7 @@ COMMANDS: dict[str, type[Command]] = {
     for c in (
         PlaceOrder,
         CancelOrder,
+        ForceExamState,
         RegisterPatient,
         UpdatePatient,
         *PROCEDURE_COMMANDS,
@@ -370,6 +382,7 @@ EXAM_COMMANDS = frozenset(
     {
         PlaceOrder.kind,
         CancelOrder.kind,
+        ForceExamState.kind,
         *(c.kind for c in PROCEDURE_COMMANDS),
         LinkStudy.kind,
         CheckImages.kind,
@@ -431,6 +444,7 @@ def workflow_id_for(command: Command) -> str:
         (
             PlaceOrder,
             CancelOrder,
+            ForceExamState,
             *PROCEDURE_COMMANDS,
             LinkStudy,
             CheckImages,

@@ -74,3 +74,16 @@ class PatientMergedAway(DomainError):
         super().__init__(f"patient {patient_key}: merged into {survivor_key}")
         self.patient_key = patient_key
         self.survivor_key = survivor_key
+
+
+class ForcedTransitionRefused(DomainError):
+    """Operations asked for a forced move the table of allowed forced moves does not hold."""
+
+    def __init__(self, accession: str, state: str, target: str, allowed: list[str]) -> None:
+        options = ", ".join(allowed) if allowed else "none"
+        super().__init__(
+            f"exam {accession}: cannot force {state} -> {target} (allowed from {state}: {options})"
+        )
+        self.accession = accession
+        self.state = state
+        self.target = target

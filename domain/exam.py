@@ -15,8 +15,15 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.commands import PerformedSeries, PlaceOrder, series_as_dicts
 from domain.completeness import missing_instances, referenced_instances
-from domain.errors import ForeignProcedureStep, IllegalTransition, OrderFrozen
-from domain.lifecycle import TERMINAL_STATES, ExamAction, ExamState, next_state
+from domain.errors import ForcedTransitionRefused, ForeignProcedureStep, IllegalTransition, OrderFrozen
+from domain.lifecycle import (
+    FORCED_TRANSITIONS,
+    TERMINAL_STATES,
+    ExamAction,
+    ExamState,
+    forced_move,
+    next_state,
+)
 from domain.provenance import Provenance, arrived_at, instant
 
 EXAM_NAMESPACE = uuid5(NAMESPACE_URL, "urn:radflow:exam")
@@ -273,6 +280,38 @@ class Exam(Aggregate):
         self, priority: str, target_minutes: float, due_at: str, provenance: dict[str, Any]
     ) -> None:
         self.turnaround_breached = True
+        self.applied.append(Provenance.from_dict(provenance).dedupe_key)
+
+    # --- forced transitions (operations) -------------------------------------------------------
+
+    def force_state(self, target: str, reason: str, provenance: Provenance) -> None:
+        """Operations move the exam by hand where the lifecycle's table of forced moves allows
+        it, with a reason: the event records both states, the reason and the documented case,
+        so the history shows a correction, never a rewrite."""
+        if not reason.strip():
+            raise IllegalTransition(self.accession, self.state.value, "force a state without a reason")
+        to_state = ExamState(target) if target in {s.value for s in ExamState} else None
+        case = forced_move(self.state, to_state) if to_state is not None else None
+        if to_state is None or case is None:
+            allowed = sorted(t.value for (s, t) in FORCED_TRANSITIONS if s == self.state)
+            raise ForcedTransitionRefused(self.accession, self.state.value, target, allowed)
+        self._state_forced(
+            from_state=self.state.value,
+            to_state=to_state.value,
+            reason=reason.strip(),
+            case=case,
+            provenance=provenance.as_dict(),
+        )
+
+    @event("ExamStateForced")
+    def _state_forced(
+        self, from_state: str, to_state: str, reason: str, case: str, provenance: dict[str, Any]
+    ) -> None:
+        self.state = ExamState(to_state)
+        if to_state == ExamState.COMPLETED:
+            self.completed_at = arrived_at(provenance)  # the turnaround clock starts now
+        elif from_state == ExamState.COMPLETED:
+            self.completed_at = ""
         self.applied.append(Provenance.from_dict(provenance).dedupe_key)
 
     def bill(self, provenance: Provenance) -> None:

@@ -65,6 +65,10 @@ STATE_AFTER = {
     "AppointmentCancelled": "ordered",  # the order stands, unscheduled: no 0038 status to send
 }
 
+# operations forced the exam into a state (domain/lifecycle.py FORCED_TRANSITIONS): the placer
+# hears the new state's status, as if the modality had said it
+FORCED = "ExamStateForced"
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS order_status_exams (
         exam_id TEXT PRIMARY KEY,
@@ -161,7 +165,7 @@ class OrderStatusFeed:
             self._ordered(cur, event)
         elif kind in ("PatientRegistered", "PatientUpdated"):
             self._patient(cur, event, kind)
-        elif kind in STATE_AFTER or hasattr(event, "changes") or hasattr(event, "patient"):
+        elif kind in STATE_AFTER or kind == FORCED or hasattr(event, "changes") or hasattr(event, "patient"):
             self._exam_changed(cur, event, kind)
 
     def _ordered(self, cur: Cursor, event: Any) -> None:
@@ -208,7 +212,7 @@ class OrderStatusFeed:
         if row is None:  # not an exam radflow holds an order for (e.g. a study's event)
             return
         order = json.loads(row["order_json"])
-        state = STATE_AFTER.get(kind, row["state"])
+        state = event.to_state if kind == FORCED else STATE_AFTER.get(kind, row["state"])
         if kind == "ExamScheduled":
             order["scheduled_at"] = event.scheduled_at
         changes = getattr(event, "changes", None)
@@ -227,7 +231,7 @@ class OrderStatusFeed:
         )
         if kind in ORDER_STATUS:
             order_status = ORDER_STATUS[kind]
-        elif isinstance(changes, dict) or isinstance(new_patient, dict):
+        elif kind == FORCED or isinstance(changes, dict) or isinstance(new_patient, dict):
             order_status = STATE_STATUS.get(state, "")
         else:
             return

@@ -283,6 +283,14 @@ class ReadingWorklistProjection:
         due = (instant(start) + timedelta(minutes=target)).isoformat() if target > 0 else ""
         self._exam_update(cur, event, at, state="completed", completed_at=completed, turnaround_due_at=due)
 
+    def _on_ExamStateForced(self, cur: Cursor, event: Any, at: str) -> None:
+        """Operations' correction (domain/lifecycle.py FORCED_TRANSITIONS): a forced completion
+        starts the turnaround clock as a real one does."""
+        if event.to_state == "completed":
+            self._on_ExamCompleted(cur, event, at)
+        else:
+            self._exam_update(cur, event, at, state=event.to_state)
+
     def _on_ReportTurnaroundBreached(self, cur: Cursor, event: Any, at: str) -> None:
         self._exam_update(cur, event, at, turnaround_breached=1, turnaround_due_at=utc(event.due_at))
 

@@ -182,10 +182,10 @@ class WorklistProjection:
                     str(event.originator_id),
                 ),
             )
-        elif kind in STATE_AFTER:
+        elif kind in STATE_AFTER or kind == "ExamStateForced":  # forced: operations' correction
             cur.execute(
                 "UPDATE worklist SET state = ?, updated_at = ? WHERE exam_id = ?",
-                (STATE_AFTER[kind], recorded_at, str(event.originator_id)),
+                (STATE_AFTER.get(kind) or event.to_state, recorded_at, str(event.originator_id)),
             )
         elif kind in ("PatientRegistered", "PatientUpdated"):
             changes = event.demographics if kind == "PatientRegistered" else event.changes
