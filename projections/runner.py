@@ -42,6 +42,25 @@ class Projection(Protocol):
     def handle(self, cur: Cursor, event: Any) -> None: ...
 
 
+Progress = Callable[[int, int], None]  # (events done, events to do)
+
+
+def _plain(value: Any) -> Any:
+    """A cell as comparable across dialects: whole floats as ints, bytes and text as str."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return value
+
+
+def table_rows(cur: Cursor, table: str) -> list[tuple[Any, ...]]:
+    """Every row of `table` as (column, value) pairs sorted by column name, the rows sorted:
+    two tables with the same content give equal lists whatever their column or row order."""
+    rows = cur.execute(f"SELECT * FROM {table}").fetchall()
+    return sorted((tuple(sorted((k, _plain(v)) for k, v in row.items())) for row in rows), key=repr)
+
+
 class StalePosition(Exception):
     """Another runner moved the position first; re-read and carry on."""
 
@@ -97,19 +116,36 @@ class ProjectionRunner:
         self._stop.set()
         self._wake.set()
 
-    def catch_up(self, batch: int = 500) -> int:
-        """Apply everything stored so far; returns how many notifications were processed."""
-        total = 0
+    def catch_up(
+        self, batch: int = 500, *, until: int | None = None, progress: Progress | None = None
+    ) -> int:
+        """Apply everything stored so far (or up to notification `until`); returns how many
+        notifications were processed. `progress(done, total)` is called after each batch."""
+        total = expected = 0
+        if progress is not None:  # the live runner's loop skips the extra query
+            goal = self.store.max_notification_id() if until is None else until
+            expected = max(goal - self.position(), 0)
+            progress(0, expected)
         while True:
             start = self.position() + 1
-            notifications = self.store.recorder.select_notifications(start=start, limit=batch)
+            notifications = (
+                []
+                if until is not None and start > until
+                else self.store.recorder.select_notifications(start=start, limit=batch, stop=until)
+            )
             if not notifications:
+                # done: notification ids have gaps on PostgreSQL (a rolled-back insert uses up
+                # its number), so the count expected from ids can be more than there were
+                if progress is not None and total != expected:
+                    progress(total, total)
                 return total
             try:
                 self.apply(notifications)
             except StalePosition:
                 continue
             total += len(notifications)
+            if progress is not None:
+                progress(total, max(expected, total))
             if self.on_applied is not None:
                 self.on_applied()
 
@@ -144,13 +180,25 @@ class ProjectionRunner:
             ):
                 raise StalePosition(self.projection.name)
 
-    def rebuild(self) -> int:
+    def rebuild(self, progress: Progress | None = None) -> int:
         """Drop the rows and the position, then replay the whole store."""
         with self.db.transaction() as cur:
             for table in self.projection.tables:
                 cur.execute(f"DELETE FROM {table}")
             cur.execute("DELETE FROM projection_tracking WHERE name = ?", (self.projection.name,))
-        return self.catch_up()
+        return self.catch_up(progress=progress)
+
+    def snapshot(self) -> tuple[int, dict[str, list[tuple[Any, ...]]]]:
+        """The position and every row of the projection's tables, read while no runner can
+        apply (the same lock `apply` takes), so rows and position agree."""
+        with self.db.transaction() as cur:
+            if self.db.dialect == "postgres":
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self.projection.name,))
+            row = cur.execute(
+                "SELECT position FROM projection_tracking WHERE name = ?", (self.projection.name,)
+            ).fetchone()
+            tables = {table: table_rows(cur, table) for table in self.projection.tables}
+        return (int(row["position"]) if row else 0), tables
 
     def run_forever(self, poll_s: float = 0.5) -> None:
         if self.db.dialect == "postgres":
