@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     # which are missing
     images_timeout_s: float = Field(default=900.0, gt=0)
     hl7_config_dir: Path | None = None  # the site's HL7 config folder (channels, destinations.yaml)
+    # authentication (api/auth.py): the token signing key (empty: generated once into
+    # <data_dir>/auth.key), the roles that must give a TOTP code, lock-out, token lifetimes
+    auth_secret: str = ""
+    mfa_roles: str = "admin,auditor"
+    auth_max_failures: int = Field(default=5, ge=1)
+    auth_lockout_minutes: float = Field(default=15.0, gt=0)
+    access_token_minutes: float = Field(default=15.0, gt=0)
+    refresh_token_hours: float = Field(default=12.0, gt=0)
+    session_hours: float = Field(default=8.0, gt=0)  # the web UI's sign-in cookie
 
     @property
     def uses_postgres(self) -> bool:
@@ -68,6 +77,14 @@ class Settings(BaseSettings):
     def dicom_storage_dir(self) -> Path:
         """DICOM files, as received: <study>/<series>/<instance>.dcm."""
         return self.data_dir.resolve() / "dicom"
+
+    @property
+    def mfa_role_set(self) -> frozenset[str]:
+        return frozenset(r.strip() for r in self.mfa_roles.split(",") if r.strip())
+
+    @property
+    def auth_key_path(self) -> Path:
+        return self.data_dir.resolve() / "auth.key"
 
     @property
     def temporal_target(self) -> str:

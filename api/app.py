@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from temporalio.client import Client
 
+from adapters.access_audit import AccessAudit
 from adapters.commitment_log import CommitmentLog
 from adapters.event_store import EventStore, open_event_store
 from adapters.message_log import MessageLog
 from adapters.mpps_log import MppsLog
+from adapters.ops_actions import OpsActions
+from adapters.ops_config import load_ops_rules
 from adapters.outbound_log import OutboundLog
 from adapters.reporting_config import load_reporting_rules
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog
+from api.audit import audit_router
+from api.auth import install as install_auth
+from api.authz import (
+    EXAM_READERS,
+    IMAGING_STAFF,
+    AccessAuditMiddleware,
+    loopback_only,
+    requires,
+    undeclared_routes,
+)
 from api.exam_deliveries import exam_deliveries_router
 from api.hl7_mapping import hl7_mapping_router
 from api.hl7_messages import hl7_messages_router
 from api.hl7_outbound import hl7_outbound_router
+from api.metrics import RadflowCollector, metrics_router
+from api.ops import OpsContext, ops_pages_router, ops_router
 from api.reading import reading_router
 from api.reconciliation import reconciliation_router
 from api.reporting import reporting_router
@@ -31,6 +48,7 @@ from api.web import web_router
 from domain.exam import exam_id
 from domain.report import report_id
 from interfaces.hl7.channels import load_channels
+from projections.audit_chain import AuditChainProjection
 from projections.pacs_index import PacsIndexProjection
 from projections.reading_worklist import ReadingWorklistProjection
 from projections.runner import ProjectionRunner
@@ -125,8 +143,18 @@ def _outbound_log(db: Database) -> OutboundLog:
     return outbound
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """An app stopped gives its database connections back (tests start many apps in one
+    process, and PostgreSQL counts every pool's connections against its limit)."""
+    yield
+    for close in getattr(app.state, "closers", []):
+        close()
+
+
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="radflow",
         summary="Radiology information and picture archiving: exams, worklists and histories.",
         version="0.1.0",
@@ -143,6 +171,14 @@ def create_app(settings: Settings) -> FastAPI:
     storage_log.create_schema()
     commitment_log = CommitmentLog(storage_log.db)
     commitment_log.create_schema()
+    app.state.closers = [projections_db.close, mpps_log.db.close, store.close]
+
+    def patient_of(accession: str) -> str | None:
+        rows = projections_db.query("SELECT patient_id FROM worklist WHERE accession = ?", (accession,))
+        return str(rows[0]["patient_id"]) if rows else None
+
+    install_auth(app, settings, mpps_log.db, patient_of)  # app.state.gate, /api/auth, /api/users
+    app.add_middleware(AccessAuditMiddleware)
     app.include_router(reconciliation_router(mpps_log, storage_log))
     app.include_router(
         hl7_messages_router(
@@ -165,8 +201,26 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(reporting_router(temporal_client, projections_db))
     app.include_router(web_router(projections_db, store))  # the pages people use: /ui/...
+    # operations: stuck exams, actions, projections (api/ops.py); /metrics (loopback only)
+    OpsActions(mpps_log.db).create_schema()
+    ops_context = OpsContext(
+        store=store,
+        projections_db=projections_db,
+        messages_db=mpps_log.db,
+        connect=temporal_client,
+        task_queue=settings.task_queue,
+        rules=lambda: load_ops_rules(settings.hl7_config_dir),
+        reporting=lambda: load_reporting_rules(settings.hl7_config_dir),
+        images_timeout_s=settings.images_timeout_s,
+    )
+    app.include_router(ops_router(ops_context))
+    app.include_router(ops_pages_router(ops_context))
+    app.include_router(metrics_router(RadflowCollector(mpps_log.db, projections_db, store.max_notification_id)))
+    # the auditor's exam history, access and DICOM audit (api/audit.py); the chain is the worker's
+    ProjectionRunner(store, projections_db, AuditChainProjection(store)).create_schema()
+    app.include_router(audit_router(store, projections_db, mpps_log.db, AccessAudit(mpps_log.db), temporal_client))
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], dependencies=[Depends(loopback_only)])
     async def healthz() -> JSONResponse:
         """200 only when the store, Temporal and both listeners answer; detail per part."""
         parts: dict[str, dict[str, Any]] = {}
@@ -194,12 +248,12 @@ def create_app(settings: Settings) -> FastAPI:
             {"status": "ok" if healthy else "degraded", "parts": parts}, status_code=200 if healthy else 503
         )
 
-    @app.get("/api/studies", tags=["pacs"])
+    @app.get("/api/studies", tags=["pacs"], dependencies=[Depends(requires(*IMAGING_STAFF, audit="images"))])
     def list_studies(
         patient_id: str | None = None,
         accession: Annotated[str | None, Query(description="the exam a study is linked to")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,  # bounded: SQLite takes 64-bit integers only
     ) -> dict[str, Any]:
         """Stored studies from the PACS index, newest first: a patient's priors are one call."""
         filters, params = [], []
@@ -215,7 +269,11 @@ def create_app(settings: Settings) -> FastAPI:
         )
         return {"studies": rows, "total": int(total), "limit": limit, "offset": offset}
 
-    @app.get("/api/studies/{study_instance_uid}", tags=["pacs"])
+    @app.get(
+        "/api/studies/{study_instance_uid}",
+        tags=["pacs"],
+        dependencies=[Depends(requires(*IMAGING_STAFF, audit="images"))],
+    )
     def get_study(study_instance_uid: str) -> dict[str, Any]:
         rows = projections_db.query(
             "SELECT * FROM pacs_studies WHERE study_instance_uid = ?", (study_instance_uid,)
@@ -228,17 +286,25 @@ def create_app(settings: Settings) -> FastAPI:
         )
         return {**rows[0], "series": series, "batches": storage_log.batches_of(study_instance_uid)}
 
-    @app.get("/api/dicom/associations", tags=["operations"])
+    @app.get("/api/dicom/associations", tags=["operations"], dependencies=[Depends(requires(*IMAGING_STAFF))])
     def list_associations(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         """Every DICOM association, newest first: who called, from where, what was exchanged."""
         return {"associations": storage_log.associations(limit)}
 
-    @app.get("/api/dicom/store-failures", tags=["operations"])
+    @app.get(
+        "/api/dicom/store-failures",
+        tags=["operations"],
+        dependencies=[Depends(requires(*IMAGING_STAFF, audit="images"))],
+    )
     def list_store_failures(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         """C-STOREs answered with a failure status, newest first, with the reason given."""
         return {"failures": storage_log.failures(limit)}
 
-    @app.get("/api/dicom/commitments", tags=["operations"])
+    @app.get(
+        "/api/dicom/commitments",
+        tags=["operations"],
+        dependencies=[Depends(requires(*IMAGING_STAFF, audit="images"))],
+    )
     def list_commitments(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         undelivered: Annotated[bool, Query(description="only reports not yet delivered")] = False,
@@ -246,14 +312,14 @@ def create_app(settings: Settings) -> FastAPI:
         """Storage commitment requests, what radflow answered, and whether the report arrived."""
         return {"commitments": commitment_log.recent(limit, undelivered)}
 
-    @app.get("/api/exams", tags=["exams"])
+    @app.get("/api/exams", tags=["exams"], dependencies=[Depends(requires(*EXAM_READERS, audit="exam"))])
     def list_exams(
         state: Annotated[str | None, Query(description="lifecycle state, e.g. ordered")] = None,
         modality: str | None = None,
         patient_id: str | None = None,
         priority: Annotated[str | None, Query(description="STAT, ASAP or ROUTINE")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,  # bounded: SQLite takes 64-bit integers only
     ) -> dict[str, Any]:
         """Exams from the worklist, STAT first, then oldest order first."""
         if state is not None and state not in EXAM_STATES:
@@ -276,14 +342,20 @@ def create_app(settings: Settings) -> FastAPI:
         )
         return {"exams": [exam_json(r) for r in rows], "total": int(total), "limit": limit, "offset": offset}
 
-    @app.get("/api/exams/{accession}", tags=["exams"])
+    @app.get(
+        "/api/exams/{accession}", tags=["exams"], dependencies=[Depends(requires(*EXAM_READERS, audit="exam"))]
+    )
     def get_exam(accession: str) -> dict[str, Any]:
         rows = projections_db.query("SELECT * FROM worklist WHERE accession = ?", (accession,))
         if not rows:
             raise HTTPException(404, f"no exam with accession {accession}")
         return exam_json(rows[0])
 
-    @app.get("/api/exams/{accession}/history", tags=["exams"])
+    @app.get(
+        "/api/exams/{accession}/history",
+        tags=["exams"],
+        dependencies=[Depends(requires(*EXAM_READERS, audit="exam"))],
+    )
     def exam_history(accession: str) -> dict[str, Any]:
         """Every domain event of the exam and of its report (reading, revisions, critical-result
         chain), oldest first, each with its provenance and `aggregate` (exam or report)."""
@@ -298,4 +370,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def unexpected(_: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, status_code=500)
 
+    undeclared = undeclared_routes(app.routes)  # deny by default: a route must say who may call it
+    if undeclared:
+        raise RuntimeError(f"routes without an access rule (api/authz.py requires): {'; '.join(undeclared)}")
     return app

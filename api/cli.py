@@ -9,9 +9,10 @@ from pathlib import Path
 
 from adapters.logs import configure_logging
 from adapters.settings import Settings, load_settings
+from api.audit_cli import add_audit_commands
 from api.hl7_outbound_cli import add_outbound_commands
-
-PROJECTIONS = ("worklist", "pacs_index")
+from api.ops_cli import add_projection_commands
+from api.users_cli import add_users_commands
 
 
 def _up(settings: Settings, _: argparse.Namespace) -> int:
@@ -72,18 +73,6 @@ def _api(settings: Settings, _: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
     )
-    return 0
-
-
-def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
-    from api.worker_process import projection_runners
-
-    configure_logging("cli", "WARNING")
-    names = PROJECTIONS if args.name == "all" else (args.name,)
-    for runner in projection_runners(settings):
-        if runner.projection.name in names:
-            count = runner.rebuild()
-            print(f"{runner.projection.name}: rebuilt from {count} events, position {runner.position()}")
     return 0
 
 
@@ -318,11 +307,7 @@ def parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("api", help="serve the HTTP API").set_defaults(run=_api)
 
-    projections = commands.add_parser("projections", help="read model maintenance")
-    p_sub = projections.add_subparsers(dest="action", required=True, metavar="ACTION")
-    rebuild = p_sub.add_parser("rebuild", help="drop a projection and replay the event store into it")
-    rebuild.add_argument("name", choices=[*PROJECTIONS, "all"])
-    rebuild.set_defaults(run=_rebuild)
+    add_projection_commands(commands)  # projections rebuild|check, ops stuck (api/ops_cli.py)
 
     reconcile = commands.add_parser(
         "reconcile", help="MPPS and studies no exam could take: list them, link one to an exam"
@@ -385,6 +370,8 @@ def parser() -> argparse.ArgumentParser:
     h_map.add_argument("--json", action="store_true", help="print JSON, as POST /api/hl7/map does")
     h_map.set_defaults(run=_hl7_map)
     add_outbound_commands(h_sub)
+    add_users_commands(commands)
+    add_audit_commands(commands)
     return root
 
 

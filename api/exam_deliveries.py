@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from adapters.outbound_log import OutboundLog
+from api.authz import EXAM_READERS, requires
 
 
 def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +53,9 @@ def destinations_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def exam_deliveries_router(outbound: OutboundLog) -> APIRouter:
-    router = APIRouter(prefix="/api/exams", tags=["exams"])
+    router = APIRouter(
+        prefix="/api/exams", tags=["exams"], dependencies=[Depends(requires(*EXAM_READERS, audit="messages"))]
+    )
 
     @router.get("/{accession}/deliveries")
     async def exam_deliveries(accession: str) -> dict[str, Any]:

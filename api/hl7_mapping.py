@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from adapters.settings import Settings
+from api.authz import INTERFACE_STAFF, requires
 from interfaces.hl7.channels import ChannelConfigError
 from interfaces.hl7.dry_run import UnknownChannel, dry_run
 
@@ -46,7 +47,7 @@ def parse_map_request(body: bytes, content_type: str) -> tuple[bytes, str | None
 
 
 def hl7_mapping_router(settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["hl7"])
+    router = APIRouter(tags=["hl7"], dependencies=[Depends(requires(*INTERFACE_STAFF))])
 
     @router.post("/api/hl7/map")
     async def map_message(request: Request) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 
 from adapters.event_store import EventStore
@@ -25,6 +26,7 @@ from adapters.message_log import (
     utcnow,
 )
 from adapters.yaml_config import ConfigError
+from api.authz import EXAM_READERS, INTERFACE_STAFF, Principal, requires
 from domain.exam import exam_id
 from interfaces.hl7.decoding import decode
 from interfaces.hl7.dry_run import message_tree
@@ -34,6 +36,9 @@ log = logging.getLogger("radflow.hl7.browser")
 
 PAGE = Path(__file__).resolve().parent / "static" / "hl7_messages.html"
 MAX_LIMIT = 500
+
+# a log row id: beyond a 64-bit integer no row exists (and SQLite cannot even be asked)
+MessageId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
 
 class BadQuery(ValueError):
@@ -238,10 +243,14 @@ def hl7_messages_router(
     messages that changed no exam link to."""
     message_log.create_schema()
     router = APIRouter(tags=["hl7"])
+    messages = [Depends(requires(*INTERFACE_STAFF, audit="messages"))]
 
     if store is not None:
 
-        @router.get("/api/events/{aggregate_id}")
+        @router.get(
+            "/api/events/{aggregate_id}",
+            dependencies=[Depends(requires(*EXAM_READERS, *INTERFACE_STAFF, audit="patient"))],
+        )
         def aggregate_history(aggregate_id: str) -> dict[str, Any]:
             """Every event of one aggregate, oldest first, each with its provenance and a link
             back to the message that caused it."""
@@ -256,7 +265,7 @@ def hl7_messages_router(
                 raise HTTPException(404, f"no events for aggregate {aggregate_id}")
             return {"aggregate_id": aggregate_id, "events": [event_json(e) for e in events]}
 
-    @router.get("/api/hl7/messages")
+    @router.get("/api/hl7/messages", dependencies=messages)
     def search(
         accession: str = "",
         mrn: str = "",
@@ -295,19 +304,24 @@ def hl7_messages_router(
         except BadQuery as error:
             raise HTTPException(400, str(error)) from None
 
-    @router.get("/api/hl7/messages/{message_id}")
-    def detail(message_id: int) -> dict[str, Any]:
+    @router.get("/api/hl7/messages/{message_id}", dependencies=messages)
+    def detail(message_id: MessageId) -> dict[str, Any]:
         row = message_log.get(message_id)
         if row is None:
             raise HTTPException(404, f"no message {message_id}")
         return detail_json(message_log, row)
 
     @router.post("/api/hl7/messages/{message_id}/reprocess")
-    def reprocess(message_id: int, body: Annotated[Any, Body()] = None) -> JSONResponse:
+    def reprocess(
+        message_id: MessageId,
+        who: Annotated[Principal, Depends(requires(*INTERFACE_STAFF, audit="messages"))],
+        body: Annotated[Any, Body()] = None,
+    ) -> JSONResponse:
         """Process a stored message again (after a mapping fix), with a mandatory reason;
         idempotent: the same outcome returns the earlier reprocess with "created": false."""
         try:
-            reason, user = reprocess_request(body)
+            reason, _ = reprocess_request(body)
+            user = who.username  # the signed-in user, whatever the body says
         except BadQuery as error:
             raise HTTPException(400, str(error)) from None
         try:
@@ -320,7 +334,7 @@ def hl7_messages_router(
             raise HTTPException(503, f"invalid HL7 channel configuration: {error}") from None
         return JSONResponse({**entry, "created": created}, status_code=201 if created else 200)
 
-    @router.get("/hl7/messages", include_in_schema=False)
+    @router.get("/hl7/messages", include_in_schema=False, dependencies=[Depends(requires(*INTERFACE_STAFF))])
     def page() -> FileResponse:
         return FileResponse(PAGE, media_type="text/html")
 
@@ -329,6 +343,9 @@ def hl7_messages_router(
 
 def _integer(name: str, value: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise BadQuery(f"{name}={value!r} is not an integer") from None
+    if abs(number) > 2**63 - 1:  # no row id is that large (and SQLite cannot even be asked)
+        raise BadQuery(f"{name}={value!r} is out of range")
+    return number

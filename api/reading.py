@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from adapters.reporting_config import ReportingRules
 from adapters.sql import Database
+from api.authz import EXAM_READERS, requires
 from projections.reading_worklist import READ_STATES
 
 PRIORS_PER_EXAM = 10
@@ -231,11 +232,13 @@ def reading_router(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
     router = APIRouter(tags=["reading"])
+    worklist_reader = [Depends(requires(*EXAM_READERS, audit="worklist"))]
+    report_reader = [Depends(requires(*EXAM_READERS, audit="report"))]
 
     def now() -> str:
         return clock().astimezone(UTC).isoformat()
 
-    @router.get("/api/reading/worklist")
+    @router.get("/api/reading/worklist", dependencies=worklist_reader)
     def reading_worklist(
         modality: Filter = None,
         body_part: Filter = None,
@@ -274,7 +277,7 @@ def reading_router(
         priors = priors_of(db, rows)
         return {"items": [worklist_item(r, priors[r["accession"]], at) for r in rows], "count": len(rows)}
 
-    @router.get("/api/reading/critical")
+    @router.get("/api/reading/critical", dependencies=report_reader)
     def critical_results(
         state: Annotated[
             Literal["awaiting", "acknowledged"],
@@ -314,6 +317,7 @@ def reading_router(
 
     @router.get(
         "/api/exams/{accession}/report",
+        dependencies=report_reader,
         response_model=None,
         responses={200: {"content": {"application/json": {}, "text/plain": {}}}},
     )
@@ -385,7 +389,7 @@ def reading_router(
             "priors": priors_of(db, [row])[accession],
         }
 
-    @router.get("/api/reporting/templates/{procedure_code}")
+    @router.get("/api/reporting/templates/{procedure_code}", dependencies=[Depends(requires(*EXAM_READERS))])
     def report_template(procedure_code: str) -> dict[str, Any]:
         """Every report section for the procedure, pre-filled where the configuration has text;
         `configured` says whether reporting.yaml has a template for it."""

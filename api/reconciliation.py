@@ -8,20 +8,23 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field, field_validator
 
 from adapters.mpps_log import MppsLog
 from adapters.storage_log import StorageLog
+from api.authz import RECONCILERS, Principal, requires
 from interfaces.dicom.mpps import LinkRefused, NotQueued, UnknownAccession, link
 from interfaces.dicom.mpps_dataset import ended_at, started_at
 from interfaces.dicom.storage import link_study
+
+Actor = Annotated[Principal, Depends(requires(*RECONCILERS, audit="exam"))]
 
 
 class LinkRequest(BaseModel):
     accession: str = Field(min_length=1)
     reason: str = Field(min_length=1, description="why this step belongs to this exam; kept in the history")
-    user: str = Field(default="api", min_length=1)
+    user: str = Field(default="api", min_length=1)  # ignored: the actor is the signed-in user
 
     @field_validator("accession", "reason", "user")
     @classmethod
@@ -95,7 +98,7 @@ def _link_error(refused: LinkRefused) -> HTTPException:
 def reconciliation_router(mpps_log: MppsLog, storage_log: StorageLog) -> APIRouter:
     router = APIRouter(prefix="/api/reconciliation", tags=["reconciliation"])
 
-    @router.get("/mpps")
+    @router.get("/mpps", dependencies=[Depends(requires(*RECONCILERS, audit="exam"))])
     def list_mpps(
         include_linked: Annotated[bool, Query(description="also list steps already linked")] = False,
     ) -> dict[str, Any]:
@@ -105,12 +108,12 @@ def reconciliation_router(mpps_log: MppsLog, storage_log: StorageLog) -> APIRout
         return {"items": [queue_entry_json(r) for r in rows], "total": len(rows)}
 
     @router.post("/mpps/{sop_instance_uid}/link", status_code=202)
-    async def link_mpps(sop_instance_uid: str, body: LinkRequest) -> dict[str, Any]:
+    async def link_mpps(sop_instance_uid: str, body: LinkRequest, who: Actor) -> dict[str, Any]:
         """Attach a queued step to an exam. 202: durable and on its way to the exam's workflow;
         what the exam made of it shows in its history and in this queue."""
         try:
             rows = await asyncio.to_thread(
-                link, mpps_log, sop_instance_uid, body.accession, body.reason, body.user
+                link, mpps_log, sop_instance_uid, body.accession, body.reason, who.username
             )
         except LinkRefused as refused:
             raise _link_error(refused) from refused
@@ -120,7 +123,7 @@ def reconciliation_router(mpps_log: MppsLog, storage_log: StorageLog) -> APIRout
             "message_ids": [f"mpps:{r}" for r in rows],
         }
 
-    @router.get("/studies")
+    @router.get("/studies", dependencies=[Depends(requires(*RECONCILERS, audit="images"))])
     def list_studies(
         include_linked: Annotated[bool, Query(description="also list studies already linked")] = False,
     ) -> dict[str, Any]:
@@ -130,11 +133,11 @@ def reconciliation_router(mpps_log: MppsLog, storage_log: StorageLog) -> APIRout
         return {"items": [study_entry_json(r) for r in rows], "total": len(rows)}
 
     @router.post("/studies/{study_instance_uid}/link", status_code=202)
-    async def link_stored_study(study_instance_uid: str, body: LinkRequest) -> dict[str, Any]:
+    async def link_stored_study(study_instance_uid: str, body: LinkRequest, who: Actor) -> dict[str, Any]:
         """Attach a queued study to an exam. 202: durable and on its way to the exam's workflow."""
         try:
             row = await asyncio.to_thread(
-                link_study, storage_log, study_instance_uid, body.accession, body.reason, body.user
+                link_study, storage_log, study_instance_uid, body.accession, body.reason, who.username
             )
         except LinkRefused as refused:
             raise _link_error(refused) from refused

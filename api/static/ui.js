@@ -3,8 +3,9 @@
 // refusals included (409 {"detail": reason}).
 "use strict";
 
-const USER_KEY = "radflow.user";
-const USER_COOKIE = "radflow_user";
+// every request carries this header: the API refuses a change made with the session cookie
+// without it (a cross-site form cannot set a header), see api/authz.py
+const CSRF = { "X-Requested-With": "radflow" };
 
 // ---- shared ------------------------------------------------------------------------------
 
@@ -22,7 +23,7 @@ function describe(detail, fallback) {
 }
 
 async function api(method, path, body) {
-  const options = { method, headers: { Accept: "application/json" } };
+  const options = { method, headers: { Accept: "application/json", ...CSRF } };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
@@ -38,6 +39,10 @@ async function api(method, path, body) {
     data = await response.json();
   } catch (_) {
     data = null;
+  }
+  if (response.status === 401) {
+    // the session ended (signed out elsewhere, expired): sign in again and come back here
+    window.location.assign(`/ui/login?next=${encodeURIComponent(window.location.pathname + window.location.search)}`);
   }
   if (!response.ok) throw new ApiError(response.status, describe(data && data.detail, response.statusText));
   return data;
@@ -129,38 +134,18 @@ async function until(read, shows, tries = 20) {
   return null;
 }
 
-// ---- who am I (a name in localStorage and a cookie, until issue 6 brings sign-in) ----------
+// ---- who am I: the signed-in user, as the server rendered the page (the API acts as them) ----
 
 function currentUser() {
-  return (document.getElementById("whoami-name").value || "").trim();
+  return (document.body.dataset.user || "").trim();
 }
 
-function rememberUser(name) {
-  localStorage.setItem(USER_KEY, name);
-  document.cookie = `${USER_COOKIE}=${encodeURIComponent(name)}; path=/; max-age=31536000; SameSite=Lax`;
-}
-
-function setupWhoAmI(onChange) {
-  const form = document.getElementById("whoami");
-  const input = document.getElementById("whoami-name");
-  const stored = localStorage.getItem(USER_KEY);
-  if (stored && stored !== input.value) input.value = stored;
-  if (input.value) rememberUser(input.value.trim());
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const name = input.value.trim();
-    if (!name) return;
-    rememberUser(name);
-    flash(`You are ${name}.`, "info");
-    onChange();
-  });
-}
+function setupWhoAmI(_onChange) {}
 
 function requireUser() {
   const user = currentUser();
   if (!user) {
-    flash("Enter your user name under “Who am I” first.");
-    document.getElementById("whoami-name").focus();
+    flash("Sign in first.");
     return null;
   }
   return user;
@@ -640,7 +625,7 @@ function examPage() {
     const user = currentUser();
     if (!saveTimer || !user || JSON.stringify(sections()) === lastSaved) return;
     fetch(base + "/report/draft", {
-      method: "PUT", keepalive: true, headers: { "Content-Type": "application/json" },
+      method: "PUT", keepalive: true, headers: { "Content-Type": "application/json", ...CSRF },
       body: JSON.stringify({ user, sections: sections() }),
     });
   });

@@ -12,22 +12,23 @@ from fastapi.testclient import TestClient
 from adapters.settings import Settings
 from api.app import create_app
 from api.web import NAV, birth_date, person_name, timeline_entry
+from tests.conftest import authorise, authorised_client
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(data_dir=tmp_path))) as test_client:
+    with authorised_client(create_app(Settings(data_dir=tmp_path)), "dr.cuddy", ("radiologist",)) as test_client:
         yield test_client
 
 
-def test_the_worklist_page_has_the_shell_its_filters_and_the_user_from_the_cookie(client: TestClient) -> None:
-    client.cookies.set("radflow_user", "dr.cuddy")
+def test_the_worklist_page_has_the_shell_its_filters_and_the_signed_in_user(client: TestClient) -> None:
     page = client.get("/ui/reading", params={"modality": "MR", "body_part": "KNEE", "status": "all"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for label, href in NAV:
         assert f'href="{href}"' in page.text and label in page.text
     assert '<a href="/ui/reading" aria-current="page">' in page.text
-    assert 'id="whoami-name" name="user" value="dr.cuddy"' in page.text
+    assert '<strong id="whoami-name">dr.cuddy</strong>' in page.text and 'data-user="dr.cuddy"' in page.text
+    assert 'action="/ui/logout"' in page.text
     assert "<option selected>MR</option>" in page.text
     assert 'name="body_part" value="KNEE"' in page.text
     assert '<option value="all" selected>' in page.text
@@ -35,7 +36,7 @@ def test_the_worklist_page_has_the_shell_its_filters_and_the_user_from_the_cooki
 
 
 def test_what_a_person_typed_is_escaped_not_run(client: TestClient) -> None:
-    client.cookies.set("radflow_user", '"><script>alert(1)</script>')
+    client.headers.update(authorise(client.app, '"><script>alert(1)</script>', ("radiologist",)))
     page = client.get("/ui/reading", params={"service": "<img src=x onerror=alert(2)>"})
     assert "<script>alert(1)" not in page.text and "<img src=x" not in page.text
     assert "&lt;script&gt;alert(1)" in page.text and "&lt;img src=x onerror=alert(2)&gt;" in page.text

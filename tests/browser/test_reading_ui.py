@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 from pydicom.uid import generate_uid
 
 from tests.browser.conftest import TABLET, assert_screenshot
-from tests.conftest import Stack, running_stack
+from tests.conftest import TEST_PASSWORD, Stack, running_stack
 from tests.e2e.mllp import exchange, order, parse_ack, wait_for_exam
 from tests.hl7_peer import PeerServer, destination_yaml
 from tests.integration.mpps_builders import ended, in_progress, mpps_scu
@@ -95,15 +95,21 @@ def orus_for(peer: PeerServer, acc: str) -> list[hl7.Message]:
 
 
 def new_page(chromium: Any, stack: Stack, user: str) -> Any:
-    """A tablet-sized tab of its own (own localStorage and cookies): one radiologist."""
+    """A tablet-sized tab of its own (own localStorage and cookies): one radiologist, signed in
+    through the sign-in page (a page asked for first sends them there and back)."""
+    stack.add_user(user, ("radiologist",))
     context = chromium.new_context(viewport=TABLET, base_url=stack.base_url)
     page = context.new_page()
     page.set_default_timeout(15_000)
     page.errors = []  # uncaught script errors fail the test
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.goto("/ui/reading")
-    page.fill("#whoami-name", user)
-    page.click("#whoami button")
+    page.wait_for_url("**/ui/login?next=*")
+    page.fill("#login-username", user)
+    page.fill("#login-password", TEST_PASSWORD)
+    page.click("#login button[type=submit]")
+    page.wait_for_url("**/ui/reading")
+    assert page.text_content("#whoami-name") == user
     return page
 
 

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import ROOT, Stack, make_stack
@@ -93,7 +92,7 @@ def test_the_cli_exits_2_on_usage_errors(api: Stack, tmp_path: Path) -> None:
 def test_post_api_hl7_map_dry_runs_without_a_trace_in_the_message_log(api: Stack) -> None:
     control_id = f"DRY{uuid.uuid4().hex[:8]}"
     text = an_order(control_id).replace("\r", "\n")  # as pasted from an editor
-    response = httpx.post(f"{api.base_url}/api/hl7/map", content=text, headers={"content-type": "text/plain"})
+    response = api.post("/api/hl7/map", content=text, headers={"content-type": "text/plain"})
     assert response.status_code == 200, response.text
     report = response.json()
     assert [c["kind"] for c in report["commands"]] == ["place_order"]
@@ -108,17 +107,15 @@ def test_post_api_hl7_map_dry_runs_without_a_trace_in_the_message_log(api: Stack
 
 
 def test_post_api_hl7_map_answers_200_for_a_refused_message_and_400_for_bad_requests(api: Stack) -> None:
-    refused = httpx.post(
-        f"{api.base_url}/api/hl7/map",
+    refused = api.post(
+        "/api/hl7/map",
         json={"message": message(msh(message_type="ORM^O01", control_id="R1"), pid(), orc("RP"), obr())},
     )
     assert refused.status_code == 200, refused.text
     assert refused.json()["refusal"]["code"] == "AR" and refused.json()["refusal"]["location"] == "ORC^1^1"
-    empty = httpx.post(f"{api.base_url}/api/hl7/map", content=b"", headers={"content-type": "text/plain"})
+    empty = api.post("/api/hl7/map", content=b"", headers={"content-type": "text/plain"})
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
-    unknown = httpx.post(f"{api.base_url}/api/hl7/map", json={"message": an_order("R2"), "channel": "nope"})
+    unknown = api.post("/api/hl7/map", json={"message": an_order("R2"), "channel": "nope"})
     assert unknown.status_code == 400 and "nope" in unknown.json()["detail"]
-    bad_json = httpx.post(
-        f"{api.base_url}/api/hl7/map", content=b"{", headers={"content-type": "application/json"}
-    )
+    bad_json = api.post("/api/hl7/map", content=b"{", headers={"content-type": "application/json"})
     assert bad_json.status_code == 400

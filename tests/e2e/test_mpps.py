@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -279,16 +278,16 @@ def test_an_mpps_for_an_unknown_accession_is_queued_and_linked_to_an_exam_with_a
     assert listed.returncode == 0, listed.stderr
     assert step in listed.stdout and f"unknown accession {typo}" in listed.stdout
 
-    url = f"{radflow.base_url}/api/reconciliation/mpps/{step}/link"
+    url = f"/api/reconciliation/mpps/{step}/link"
     place(radflow, real)
-    assert httpx.post(url, json={"accession": real}, timeout=10).status_code == 422
-    assert httpx.post(url, json={"accession": real, "reason": "  "}, timeout=10).status_code == 422
-    unknown = httpx.post(url, json={"accession": accession("NO"), "reason": "typo"}, timeout=10)
+    assert radflow.post(url, json={"accession": real}).status_code == 422
+    assert radflow.post(url, json={"accession": real, "reason": "  "}).status_code == 422
+    unknown = radflow.post(url, json={"accession": accession("NO"), "reason": "typo"})
     assert unknown.status_code == 422 and "no order with accession" in unknown.json()["detail"]
     reason = "technologist mistyped the accession"
-    linked = httpx.post(url, json={"accession": real, "reason": reason, "user": "jsmith"}, timeout=10)
+    linked = radflow.post(url, json={"accession": real, "reason": reason}, user="jsmith", roles=("technologist",))
     assert linked.status_code == 202, linked.text
-    assert httpx.post(url, json={"accession": real, "reason": reason}, timeout=10).status_code == 409
+    assert radflow.post(url, json={"accession": real, "reason": reason}).status_code == 409
 
     wait_for_exam(radflow, real, "completed")
     events = history(radflow, real)

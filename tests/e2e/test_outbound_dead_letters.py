@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import hl7
-import httpx
 import pytest
 from pydicom.uid import generate_uid
 
@@ -109,12 +108,12 @@ def test_a_refused_message_is_dead_lettered_the_rest_flows_and_a_retry_with_reas
     assert dead["attempts"] == 1 and "answered AR" in dead["last_error"]
     assert [str(m.segment("ORC")[5]) for m in received_for(peer, fine)] == ["CA"]
 
-    url = f"{radflow.base_url}/api/hl7/outbound/{dead['id']}/retry"
-    blank = httpx.post(url, json={"reason": "  ", "user": "ops"}, timeout=10)
+    url = f"/api/hl7/outbound/{dead['id']}/retry"
+    blank = radflow.post(url, json={"reason": "  "})
     assert blank.status_code == 400 and "reason" in blank.json()["detail"]
 
     REFUSED.discard(poison)
-    retried = httpx.post(url, json={"reason": "peer mapping fixed", "user": "ops.jane"}, timeout=10)
+    retried = radflow.post(url, json={"reason": "peer mapping fixed"}, user="ops.jane", roles=("operations",))
     assert retried.status_code == 200, retried.text
     radflow.wait_until(lambda: outbound(radflow, accession=poison, status="delivered"))
     detail = radflow.get(f"/api/hl7/outbound/{dead['id']}").json()
@@ -122,7 +121,7 @@ def test_a_refused_message_is_dead_lettered_the_rest_flows_and_a_retry_with_reas
     assert [(a["action"], a["reason"], a["user_name"]) for a in detail["actions"]] == [
         ("retry", "peer mapping fixed", "ops.jane")
     ]
-    again = httpx.post(url, json={"reason": "twice", "user": "ops"}, timeout=10)
+    again = radflow.post(url, json={"reason": "twice"})
     assert again.status_code == 409
 
     cli = subprocess.run(

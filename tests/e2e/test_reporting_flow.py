@@ -62,7 +62,8 @@ def completed_exam(stack: Stack) -> str:
 
 
 def act(stack: Stack, method: str, path: str, **body: Any) -> httpx.Response:
-    return httpx.request(method, f"{stack.base_url}/api/exams/{path}", json=body, timeout=40)
+    """As the radiologist `user` names (signed in; the body's `user` is ignored by the API)."""
+    return stack.request(method, f"/api/exams/{path}", json=body, user=body.get("user"), timeout=40)
 
 
 def reports_for(peer: PeerServer, acc: str) -> list[hl7.Message]:

@@ -26,7 +26,10 @@ def radflow(tmp_path_factory: pytest.TempPathFactory, temporal_address: str) -> 
 
 
 def reprocess(stack: Stack, message_id: int, **body: Any) -> httpx.Response:
-    return httpx.post(f"{stack.base_url}/api/hl7/messages/{message_id}/reprocess", json=body, timeout=30)
+    user = body.get("user")  # who reprocesses: the signed-in user (the body's `user` is ignored)
+    return stack.post(
+        f"/api/hl7/messages/{message_id}/reprocess", json=body, user=user, roles=("interface_analyst",), timeout=30
+    )
 
 
 def message_id(stack: Stack, control_id: str) -> int:

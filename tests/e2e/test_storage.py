@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
@@ -144,16 +143,18 @@ def test_a_study_for_an_accession_nobody_ordered_waits_for_reconciliation_and_a_
     assert entry["reason"] == f"accession {typo} was never ordered"
     assert entry["instances"] == 2 and entry["patient"]["id"] == "MRN7"
 
-    refused = httpx.post(
-        f"{radflow.base_url}/api/reconciliation/studies/{study.study_instance_uid}/link",
+    refused = radflow.post(
+        f"/api/reconciliation/studies/{study.study_instance_uid}/link",
         json={"accession": acc, "reason": "typo at the modality"},
     )
     assert refused.status_code == 422, refused.text  # no such order yet
 
     place(radflow, acc, patient_id="MRN7")
-    linked = httpx.post(
-        f"{radflow.base_url}/api/reconciliation/studies/{study.study_instance_uid}/link",
-        json={"accession": acc, "reason": "typo at the modality", "user": "jsmith"},
+    linked = radflow.post(
+        f"/api/reconciliation/studies/{study.study_instance_uid}/link",
+        json={"accession": acc, "reason": "typo at the modality"},
+        user="jsmith",
+        roles=("technologist",),
     )
     assert linked.status_code == 202, linked.text
     radflow.wait_until(lambda: "ImagesStored" in history_types(radflow, acc))
@@ -168,8 +169,8 @@ def test_a_study_for_an_accession_nobody_ordered_waits_for_reconciliation_and_a_
             == acc
         )
     )
-    again = httpx.post(
-        f"{radflow.base_url}/api/reconciliation/studies/{study.study_instance_uid}/link",
+    again = radflow.post(
+        f"/api/reconciliation/studies/{study.study_instance_uid}/link",
         json={"accession": acc, "reason": "twice"},
     )
     assert again.status_code == 409

@@ -24,6 +24,7 @@ from domain.exam import study_instance_uid
 from projections.pacs_index import PacsIndexProjection
 from projections.reading_worklist import ReadingWorklistProjection, impression_of
 from projections.runner import ProjectionRunner
+from tests.conftest import authorised_client
 from tests.integration.reading_builders import Department, at
 
 RULES = ReportingRules(
@@ -52,7 +53,7 @@ def client_at(db: Database, clock: str) -> TestClient:
     """The reading API over the projection, with the clock stopped at `clock` of the test day."""
     app = FastAPI()
     app.include_router(reading_router(db, lambda: RULES, clock=lambda: datetime.fromisoformat(at(clock))))
-    return TestClient(app)
+    return authorised_client(app, "dr.tester", ("radiologist",))
 
 
 def rows(db: Database, uid: str) -> dict[str, dict[str, Any]]:

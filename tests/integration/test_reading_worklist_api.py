@@ -24,6 +24,7 @@ from api.reading import prefers_text, reading_router
 from api.worker_process import projection_runners
 from projections.reading_worklist import PRIORITY_RANKS, READ_STATES, ReadingWorklistProjection
 from projections.runner import ProjectionRunner
+from tests.conftest import authorised_client
 from tests.integration.reading_builders import at
 from tests.integration.test_reading_worklist import RULES, department_day
 
@@ -53,7 +54,7 @@ def built(app_settings: Settings, store: EventStore, uid: str) -> Iterator[tuple
     runner.create_schema()
     runner.catch_up()
     try:
-        yield TestClient(create_app(app_settings)), department
+        yield authorised_client(create_app(app_settings)), department
     finally:
         db.close()
 
@@ -253,7 +254,7 @@ def test_any_filter_answers_what_a_plain_reading_of_the_rows_says(tmp_path: Path
     rows = db.query("SELECT * FROM reading_exams")
     app = FastAPI()
     app.include_router(reading_router(db, lambda: RULES, clock=lambda: datetime.fromisoformat(NOW)))
-    client = TestClient(app)
+    client = authorised_client(app, "dr.tester", ("radiologist",))
     known = ["CT", "ct", " MR ", "CHEST", "chest", "ABDOMEN", department.service, "dr.grey", "dr.house", ""]
     tricky = ["'; DROP TABLE reading_exams; --", "%", "_", "?", "{}", "\x00", " \t", "C" * 65]
     value = st.one_of(st.sampled_from(known), st.sampled_from(tricky), st.text(max_size=70))

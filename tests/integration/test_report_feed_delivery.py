@@ -33,6 +33,7 @@ from domain.report import Report, current_text
 from interfaces.hl7.outbound_dispatcher import OutboundDispatcher
 from projections.report_feed import ReportFeed
 from projections.runner import ProjectionRunner
+from tests.conftest import authorise
 from tests.hl7_peer import PeerServer
 from tests.unit.exam_builders import place_order, provenance
 from tests.unit.test_report_feed import at
@@ -204,7 +205,9 @@ async def test_preliminary_final_and_addendum_reach_the_peer_in_order_and_acked(
 
         app = FastAPI()
         app.include_router(exam_deliveries_router(running.log))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", headers=authorise(app)
+        ) as client:
             body = (await client.get(f"/api/exams/{accession}/deliveries")).json()
         assert [(d["type"], d["result_status"], d["status"]) for d in body["deliveries"]] == [
             ("ORU^R01", "P", "delivered"),

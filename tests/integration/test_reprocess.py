@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from adapters.message_log import MessageFilters, MessageLog, UnknownMessage
 from api.cli import main as cli
 from api.hl7_messages import hl7_messages_router, reprocess_message
+from tests.conftest import authorised_client
 from tests.integration.builders import orm, record
 
 
@@ -86,7 +87,7 @@ def test_an_unknown_message_cannot_be_reprocessed(message_log: MessageLog) -> No
 def client(message_log: MessageLog) -> TestClient:
     app = FastAPI()
     app.include_router(hl7_messages_router(message_log))
-    return TestClient(app)
+    return authorised_client(app, "al", ("interface_analyst",))  # "al" reprocesses
 
 
 def test_http_search_pages_and_refuses_bad_parameters_with_400(
