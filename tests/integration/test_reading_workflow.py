@@ -245,11 +245,11 @@ async def test_an_exam_in_progress_is_refused_by_the_validator(reading: Reading)
     assert not any(e.HasField("workflow_execution_update_accepted_event_attributes") for e in history)
 
 
-async def test_critical_result_escalates_on_timers_and_turnaround_is_breached(fast_reading: Reading) -> None:
-    # an unanswered critical result goes to the second contact, then the department
+async def signed_critical(reading: Reading) -> str:
+    """A completed exam whose final report was signed as a critical result; its accession."""
     acc = f"R{uuid.uuid4().hex[:8]}"
-    await fast_reading.completed_exam(acc)
-    await fast_reading.act(
+    await reading.completed_exam(acc)
+    await reading.act(
         "issue_report",
         acc,
         "dr.alice",
@@ -258,6 +258,12 @@ async def test_critical_result_escalates_on_timers_and_turnaround_is_breached(fa
         sections=FINDINGS,
         critical=True,
     )
+    return acc
+
+
+async def test_critical_result_escalates_on_timers_and_turnaround_is_breached(fast_reading: Reading) -> None:
+    # an unanswered critical result goes to the second contact, then the department
+    acc = await signed_critical(fast_reading)
 
     def report_events() -> list[str]:
         return [type(e).__name__ for e in fast_reading.store.events_of(report_id(acc))]
@@ -293,17 +299,7 @@ async def test_critical_result_escalates_on_timers_and_turnaround_is_breached(fa
 
 
 async def test_acknowledged_in_time_stops_the_chain(fast_reading: Reading) -> None:
-    acc = f"R{uuid.uuid4().hex[:8]}"
-    await fast_reading.completed_exam(acc)
-    await fast_reading.act(
-        "issue_report",
-        acc,
-        "dr.alice",
-        author="dr.alice",
-        report_kind="final",
-        sections=FINDINGS,
-        critical=True,
-    )
+    acc = await signed_critical(fast_reading)
     await fast_reading.act("acknowledge_critical_result", acc, "Dr Ref", by="Dr Ref")
     await asyncio.sleep(2.5)  # past the first contact's deadline
     names = [type(e).__name__ for e in fast_reading.store.events_of(report_id(acc))]
