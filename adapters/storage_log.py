@@ -34,6 +34,18 @@ SCHEMA = [
         exchanged TEXT NOT NULL DEFAULT '{{}}'
     )""",
     "CREATE INDEX IF NOT EXISTS dicom_associations_started ON dicom_associations (started_at)",
+    # what a C-MOVE / C-GET sent, instance by instance, on the association that asked for it
+    """CREATE TABLE IF NOT EXISTS dicom_retrievals (
+        id {id},
+        association_id BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS dicom_retrievals_association ON dicom_retrievals (association_id, id)",
     """CREATE TABLE IF NOT EXISTS dicom_instances (
         sop_instance_uid TEXT PRIMARY KEY,
         sop_class_uid TEXT NOT NULL,
@@ -193,6 +205,19 @@ class StorageLog(OutboxTable):
         for row in rows:
             row["exchanged"] = json.loads(row["exchanged"] or "{}")
         return rows
+
+    def record_retrieval(
+        self, association_id: int, operation: str, destination: str, sent: list[tuple[str, str, str]]
+    ) -> None:
+        """The instances one retrieve sent (study UID, SOP instance UID, outcome), for the audit."""
+        at = utcnow()
+        with self.db.transaction() as cur:
+            for study_uid, sop_uid, outcome in sent:
+                cur.execute(
+                    "INSERT INTO dicom_retrievals (association_id, at, operation, destination, "
+                    "study_instance_uid, sop_instance_uid, outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (association_id, at, operation, destination, study_uid, sop_uid, outcome),
+                )
 
     # --- instances --------------------------------------------------------------------------
 

@@ -382,8 +382,8 @@ def audit_router(
         ] = None,
     ) -> dict[str, Any]:
         """DICOM associations, newest first: calling AE, address, how it ended, the DIMSE requests
-        exchanged, the instances it stored and the stores refused. (A retrieve is counted in
-        `exchanged`; the instances it sent are not listed per association.)"""
+        exchanged, the instances it stored, the instances its retrieves (C-MOVE, C-GET) sent, and
+        the stores refused."""
         filters, params = [], []
         for clause, value in (
             ("calling_ae = ?", calling_ae),
@@ -403,6 +403,11 @@ def audit_router(
             row["stored_instances"] = messages_db.query(
                 "SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, received_at "
                 "FROM dicom_instances WHERE association_id = ? ORDER BY received_at LIMIT 1000",
+                (row["id"],),
+            )
+            row["retrieved_instances"] = messages_db.query(
+                "SELECT operation, destination, study_instance_uid, sop_instance_uid, outcome, at "
+                "FROM dicom_retrievals WHERE association_id = ? ORDER BY id LIMIT 1000",
                 (row["id"],),
             )
             row["refused_stores"] = messages_db.query(

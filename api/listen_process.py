@@ -57,7 +57,7 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
             modality_worklist_service(settings),
             mpps_service(mpps_log, on_accepted=wake_relay),
             storage_service(settings, storage_log, flusher),
-            query_retrieve_service(settings, dicom_config, projections_db),
+            query_retrieve_service(settings, dicom_config, projections_db, retrievals=storage_log),
             storage_commitment_service(settings, dicom_config, storage_log),
         ],
         config=dicom_config,

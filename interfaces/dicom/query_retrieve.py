@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -58,7 +58,7 @@ from interfaces.dicom.pacs_query import (
     select,
     select_instances,
 )
-from interfaces.dicom.server import DUL_POLL_S, DicomService
+from interfaces.dicom.server import DUL_POLL_S, DicomService, association_id
 from interfaces.dicom.status import status
 from interfaces.dicom.worklist import character_set, requested_character_sets
 
@@ -397,10 +397,13 @@ class _Muted:
 class QueryRetrieve:
     """The EVT_C_FIND / EVT_C_MOVE / EVT_C_GET handlers; one instance per AE, any thread."""
 
-    def __init__(self, ae_title: str, config: DicomConfig, db: Database) -> None:
+    def __init__(
+        self, ae_title: str, config: DicomConfig, db: Database, retrievals: RetrievalLog | None = None
+    ) -> None:
         self.ae_title = ae_title
         self.config = config
         self.db = db
+        self.retrievals = retrievals
 
     # C-FIND
 
@@ -409,9 +412,7 @@ class QueryRetrieve:
         model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID))
         if model is None:
             yield (
-                status(
-                    UNABLE_TO_PROCESS, f"not a Query/Retrieve model: {event.request.AffectedSOPClassUID}"
-                ),
+                status(UNABLE_TO_PROCESS, f"not a Query/Retrieve model: {event.request.AffectedSOPClassUID}"),
                 None,
             )
             return
@@ -540,6 +541,7 @@ class QueryRetrieve:
             self._send_all(event, responder, tally, StoreSender(event.assoc), rows)
         else:
             self._move(event, responder, tally, destination, rows)
+        self._record(event, name, destination, rows, tally)
         log.info(
             name,
             extra={
@@ -552,6 +554,26 @@ class QueryRetrieve:
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
+
+    def _record(self, event: Any, name: str, destination: Peer | None, rows: list[Any], tally: Tally) -> None:
+        """Which instances this retrieve sent (or failed to), on the requesting association's
+        audit row: an auditor asks what left the PACS, not only how many."""
+        if self.retrievals is None:
+            return
+        failed = set(tally.failed_uids)
+        sent = [
+            (
+                str(r["study_instance_uid"]),
+                str(r["sop_instance_uid"]),
+                "failed" if r["sop_instance_uid"] in failed else "sent",
+            )
+            for r in rows[: len(rows) - tally.remaining]
+        ]
+        target = destination.ae_title if destination else str(event.assoc.requestor.ae_title).strip()
+        try:
+            self.retrievals.record_retrieval(association_id(event.assoc), name, target, sent)
+        except Exception:  # the answer went out already; a lost audit row is logged, not raised
+            log.exception("recording a retrieve failed", extra=_peer(event.assoc))
 
     def _move(
         self, event: Any, responder: Responder, tally: Tally, destination: Peer, rows: list[Any]
@@ -639,15 +661,27 @@ class QueryRetrieve:
         assoc.acceptor.supported_contexts = list(supported.values())
 
 
+class RetrievalLog(Protocol):
+    def record_retrieval(
+        self, association_id: int, operation: str, destination: str, sent: list[tuple[str, str, str]]
+    ) -> None: ...
+
+
 def query_retrieve_service(
-    settings: Settings, config: DicomConfig, db: Database | None = None
+    settings: Settings,
+    config: DicomConfig,
+    db: Database | None = None,
+    retrievals: RetrievalLog | None = None,
 ) -> DicomService:
     """Query/Retrieve as one service of radflow's AE, reading the PACS index projection."""
     # pynetdicom decodes and logs every identifier at INFO, patient names included
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     qr = QueryRetrieve(
-        settings.ae_title, config, db or Database.for_file(settings, settings.projections_sqlite_path)
+        settings.ae_title,
+        config,
+        db or Database.for_file(settings, settings.projections_sqlite_path),
+        retrievals,
     )
     return DicomService(
         "query-retrieve",

@@ -22,6 +22,7 @@ from adapters.dicom_config import DicomConfig, Peer
 from adapters.event_store import open_event_store
 from adapters.settings import Settings
 from adapters.sql import Database
+from adapters.storage_log import StorageLog
 from interfaces.dicom.query_retrieve import query_retrieve_service
 from interfaces.dicom.server import start_dicom_server
 from tests.conftest import Stack, free_port
@@ -70,6 +71,14 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
 class Running:
     port: int
     storescp_dir: Path
+    log: StorageLog  # associations and what each retrieve sent
+
+    def retrieved(self, operation: str, study_uid: str) -> list[dict[str, object]]:
+        return self.log.db.query(
+            "SELECT r.*, a.calling_ae FROM dicom_retrievals r JOIN dicom_associations a "
+            "ON a.id = r.association_id WHERE r.operation = ? AND r.study_instance_uid = ? ORDER BY r.id",
+            (operation, study_uid),
+        )
 
 
 @pytest.fixture
@@ -86,14 +95,20 @@ def radflow(pacs: Pacs, tmp_path: Path) -> Iterator[Running]:
     )
     config = DicomConfig(peers={"STORESCP": Peer("STORESCP", "127.0.0.1", store_port)})
     port = free_port()
+    log = StorageLog(Database.for_file(pacs.settings, tmp_path / "messages.sqlite"))
+    log.create_schema()
     server = start_dicom_server(
-        pacs.settings, [query_retrieve_service(pacs.settings, config, pacs.db)], port=port
+        pacs.settings,
+        [query_retrieve_service(pacs.settings, config, pacs.db, retrievals=log)],
+        port=port,
+        association_log=log,
     )
     try:
         Stack(tmp_path, {}, 0, 0, 0).wait_for_port(store_port)
-        yield Running(port, received)
+        yield Running(port, received, log)
     finally:
         server.shutdown()
+        log.db.close()
         storescp.terminate()
         storescp.wait(10)
 
@@ -292,6 +307,12 @@ def test_movescu_sends_a_study_to_storescp_byte_identical(
     assert set(received) == set(ct.files)
     for sop, path in ct.files.items():
         assert dataset_bytes(received[sop]) == dataset_bytes(path)
+    # the audit knows what left the PACS, on the association that asked for it
+    sent = radflow.retrieved("c-move", ct.uid)
+    assert {r["sop_instance_uid"] for r in sent} == set(ct.files)
+    assert {(r["destination"], r["outcome"], r["calling_ae"]) for r in sent} == {
+        ("STORESCP", "sent", "DCMTKSCU")
+    }
 
 
 def test_movescu_to_an_unknown_destination_hears_a801(radflow: Running, pacs: Pacs, tmp_path: Path) -> None:
@@ -358,6 +379,9 @@ def test_getscu_receives_a_study_on_its_own_association(
     assert set(received) == set(ct.files)
     for sop, path in ct.files.items():
         assert dataset_bytes(received[sop]) == dataset_bytes(path)
+    sent = radflow.retrieved("c-get", ct.uid)
+    assert {r["sop_instance_uid"] for r in sent} == set(ct.files)
+    assert {(r["destination"], r["outcome"]) for r in sent} == {("DCMTKSCU", "sent")}
 
 
 def wait_for_files(folder: Path, count: int, timeout: float = 10.0) -> None:
