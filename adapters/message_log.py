@@ -50,7 +50,9 @@ SCHEMA = [
         reprocess_of BIGINT,
         reprocess_reason TEXT,
         reprocessed_by TEXT,
-        commands_hash TEXT
+        commands_hash TEXT,
+        warnings TEXT,
+        acked_at TEXT
     )""",
     # one row per order an accepted message carries: what cancels and re-orders are checked against
     """CREATE TABLE IF NOT EXISTS hl7_message_orders (
@@ -83,6 +85,7 @@ ADDED_COLUMNS = {
         ("reprocessed_by", "TEXT"),
         ("commands_hash", "TEXT"),
         ("warnings", "TEXT"),  # JSON list: what a tolerant channel let through, table enrichment
+        ("acked_at", "TEXT"),  # when the listener finished writing the ACK to the peer's socket
     ],
     "hl7_message_orders": [
         ("placer_order_number", "TEXT"),
@@ -617,12 +620,18 @@ def order_state(cur: Cursor, accession: str) -> str | None:
 
 class MessageLogWriter:
     """Serialises log writes on one thread and commits them in groups (one fsync per group),
-    so that many connections share the cost of durability without waiting on each other."""
+    so that many connections share the cost of durability without waiting on each other.
 
-    def __init__(self, log: MessageLog, on_commit: Callable[[], None] | None = None) -> None:
+    ACK times (`acked`) are kept back and written with the next group, or after
+    `ack_flush_s` of quiet: they are for the latency metric, and must not cost a commit each."""
+
+    def __init__(
+        self, log: MessageLog, on_commit: Callable[[], None] | None = None, ack_flush_s: float = 0.5
+    ) -> None:
         self._log = log
-        self._queue: queue.Queue[tuple[Inbound, Any, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Inbound, Any, Any] | tuple[int, str] | None] = queue.Queue()
         self._on_commit = on_commit
+        self._ack_flush_s = ack_flush_s
         self._thread = threading.Thread(target=self._run, name="message-log-writer", daemon=True)
         self._thread.start()
 
@@ -634,38 +643,56 @@ class MessageLogWriter:
         self._queue.put((inbound, future, loop))
         return await future
 
+    def acked(self, row_id: int, at: str) -> None:
+        """The ACK for row `row_id` reached the peer's socket at `at`."""
+        self._queue.put((row_id, at))
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        acks: list[tuple[int, str]] = []
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < 256:
+            try:
+                item = self._queue.get(timeout=self._ack_flush_s if acks else None)
+            except queue.Empty:
+                self._write([], acks)
+                acks = []
+                continue
+            batch: list[tuple[Inbound, Any, Any]] = []
+            closing = item is None
+            while item is not None:
+                if len(item) == 2:
+                    acks.append(item)  # type: ignore[arg-type]
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+                if len(batch) >= 256:
+                    break
                 try:
-                    nxt = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            self._write(batch)
+                closing = item is None
+            if batch or closing:
+                self._write(batch, acks)
+                acks = []
+            if closing:
+                return
 
-    def _write(self, batch: list[tuple[Inbound, Any, Any]]) -> None:
+    def _write(self, batch: list[tuple[Inbound, Any, Any]], acks: list[tuple[int, str]]) -> None:
         results: list[Recorded | BaseException] = []
         try:
             with self._log.db.transaction() as cur:
                 for inbound, _, _ in batch:
                     results.append(self._log.record(cur, inbound))
+                for row_id, at in acks:
+                    cur.execute("UPDATE hl7_messages SET acked_at = ? WHERE id = ?", (at, row_id))
         except Exception as error:  # nothing in this group is durable: nobody gets an AA
             results = [error] * len(batch)
         for (_, future, loop), result in zip(batch, results, strict=True):
             loop.call_soon_threadsafe(_settle, future, result)
-        if self._on_commit is not None:
+        if batch and self._on_commit is not None:
             self._on_commit()
 
 

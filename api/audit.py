@@ -143,6 +143,7 @@ class ExamHistory:
             "control_id": row["control_id"],
             "status": row["status"],
             "ack_code": row["ack_code"],
+            "acked_at": row.get("acked_at"),
             "applied": {
                 "status": row["applied_status"],
                 "reason": row["applied_reason"],

@@ -161,6 +161,7 @@ def detail_json(message_log: MessageLog, row: dict[str, Any]) -> dict[str, Any]:
         "raw": text,
         "tree": message_tree(text),
         "ack": _text(row["ack"]),
+        "acked_at": row.get("acked_at"),
         "commands": [entry["command"]["kind"] for entry in commands],
         "warnings": json.loads(row["warnings"]) if row.get("warnings") else [],
         "relayed_at": row["relayed_at"],

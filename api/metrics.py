@@ -6,9 +6,10 @@ several processes (and the listener and worker are others), and each scrape of a
 the same, complete answer.
 
 Latencies, from what the logs store:
-- `radflow_hl7_inbound_apply_latency_seconds`: received (`received_at`) to applied by the exam
-  or patient (`applied_at`). The ACK itself is sent as soon as the row is durable, and the log
-  keeps no separate ACK time, so this is the latency the log can show.
+- `radflow_hl7_inbound_ack_latency_seconds`: frame read (`received_at`) to the ACK written to
+  the peer's socket (`acked_at`): what the sending system waits for.
+- `radflow_hl7_inbound_apply_latency_seconds`: received to applied by the exam or patient
+  (`applied_at`), which happens after the ACK, through the workflow.
 - `radflow_hl7_outbound_ack_latency_seconds`: handed to the lane (`dispatched_at`) to the peer's
   accepting ACK recorded (`finished_at`), for delivered messages.
 
@@ -92,6 +93,14 @@ class RadflowCollector(Collector):
             applied = row["applied"] or ("pending" if row["status"] == "accepted" else "")
             family.add_metric([row["message_type"], row["status"], applied], int(row["n"]))
         yield family
+        rows = self.messages_db.query(
+            "SELECT received_at, acked_at FROM hl7_messages WHERE acked_at IS NOT NULL"
+        )
+        yield histogram(
+            "radflow_hl7_inbound_ack_latency_seconds",
+            "Inbound HL7: frame received to the ACK written to the sender",
+            _seconds_between(rows, "received_at", "acked_at"),
+        )
         rows = self.messages_db.query(
             "SELECT received_at, applied_at FROM hl7_messages WHERE applied_at IS NOT NULL"
         )

@@ -77,10 +77,12 @@ class MllpListener:
                 if raw is None:
                     break
                 inbound = interpret(raw, peer, utcnow(), self.channels)
-                ack = await self._record(inbound)
+                ack, row_id = await self._record(inbound)
                 if ack:  # b'': enhanced mode, MSH-15 asked for no commit ACK this time
                     writer.write(frame(ack))
                     await writer.drain()
+                    if row_id is not None:
+                        self._writer.acked(row_id, utcnow())
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("mllp peer went away", extra={"peer": peer})
         except Exception:
@@ -130,15 +132,19 @@ class MllpListener:
                     ).encode(),
                     refusal=("AR", reason),
                 )
-                writer.write(frame(await self._record(inbound)))
+                ack, row_id = await self._record(inbound)
+                writer.write(frame(ack))
                 await writer.drain()
+                if row_id is not None:
+                    self._writer.acked(row_id, utcnow())
 
-    async def _record(self, inbound: Inbound) -> bytes:
+    async def _record(self, inbound: Inbound) -> tuple[bytes, int | None]:
+        """The ACK to send and the log row it answers (None when nothing could be stored)."""
         try:
             recorded = await self._writer.record(inbound)
         except Exception:
             log.exception("message log write failed", extra={"peer": inbound.peer})
-            return inbound.build_ack("AR", "message could not be stored; please resend")
+            return inbound.build_ack("AR", "message could not be stored; please resend"), None
         log.info(
             "hl7 message",
             extra={
@@ -152,7 +158,7 @@ class MllpListener:
         )
         if recorded.status == "accepted":
             self._on_accepted()
-        return recorded.ack
+        return recorded.ack, recorded.id
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -7,11 +7,13 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import hl7
 import pytest
 from hl7.mllp import open_hl7_connection
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Stack, make_stack
 from tests.e2e.mllp import (
@@ -380,6 +382,27 @@ def test_healthz_answers_200_with_every_part_ok(radflow: Stack) -> None:
     assert set(body["parts"]) == {"store", "temporal", "mllp", "dicom"}
     assert all(part["ok"] is True for part in body["parts"].values()), body
     assert body["parts"]["mllp"]["port"] == radflow.mllp_port
+
+
+def test_the_time_each_ack_reached_the_sender_is_logged_and_exported_as_a_histogram(radflow: Stack) -> None:
+    with MllpConnection(radflow.mllp_port) as conn:
+        ack = parse_ack(conn.request(order("ACKTIME1", "C-ACKTIME1").encode()))
+        duplicate = parse_ack(conn.request(order("ACKTIME1", "C-ACKTIME1").encode()))
+    assert (ack.code, duplicate.code) == ("AA", "AA")
+
+    def acked() -> list[dict[str, object]]:
+        rows = log_rows(radflow, "control_id = 'C-ACKTIME1'")
+        return rows if len(rows) == 2 and all(r["acked_at"] for r in rows) else []
+
+    rows = radflow.wait_until(acked)
+    for row in rows:  # the ACK goes out after the row is durable, never before the frame came
+        assert datetime.fromisoformat(row["acked_at"]) >= datetime.fromisoformat(row["received_at"])
+    families = {f.name: f for f in text_string_to_metric_families(radflow.get("/metrics").text)}
+    histogram = families["radflow_hl7_inbound_ack_latency_seconds"]
+    assert histogram.type == "histogram"
+    count = next(s.value for s in histogram.samples if s.name.endswith("_count"))
+    infinite = next(s.value for s in histogram.samples if s.labels.get("le") == "+Inf")
+    assert count == infinite >= 2
 
 
 def test_an_unknown_accession_is_a_404_with_a_json_reason(radflow: Stack) -> None:

@@ -441,9 +441,10 @@ async def test_projection_check_finds_a_corrupted_row_and_a_rebuild_repairs_it(
 
 
 async def test_metrics_show_messages_exams_lag_and_actions_in_the_prometheus_format(console: Console) -> None:
-    acc = accession()
+    acc, kept = accession(), accession()
     await console.order(acc)
-    await console.until(lambda: console.state(acc) == "ordered")
+    await console.order(kept)
+    await console.until(lambda: console.state(acc) == console.state(kept) == "ordered")
     await console.http.post(f"/api/ops/exams/{acc}/cancel", json={"reason": "metrics traffic"})
     await console.until(lambda: (console.messages.get(1) or {}).get("applied_at"))
     answer = await console.http.get("/metrics")

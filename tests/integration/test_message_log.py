@@ -136,6 +136,32 @@ async def test_the_writer_stores_each_of_many_concurrent_messages_exactly_once(
     assert 1 <= commits < len(results)  # grouped: fewer commits than messages
 
 
+async def test_ack_times_are_written_after_a_quiet_moment_without_a_commit_of_their_own(
+    message_log: MessageLog, uid: str
+) -> None:
+    commits = 0
+
+    def count_commit() -> None:
+        nonlocal commits
+        commits += 1
+
+    writer = MessageLogWriter(message_log, on_commit=count_commit, ack_flush_s=0.05)
+    try:
+        first = await writer.record(inbound(orm(f"ACC{uid}-1", "NW", f"C{uid}-1")))
+        writer.acked(first.id, "2026-12-05T08:00:00.250000+00:00")
+        for _ in range(100):  # nothing else arrives: the quiet-time flush writes it
+            if (message_log.get(first.id) or {}).get("acked_at"):
+                break
+            await asyncio.sleep(0.02)
+        assert message_log.get(first.id)["acked_at"] == "2026-12-05T08:00:00.250000+00:00"  # type: ignore[index]
+        second = await writer.record(inbound(orm(f"ACC{uid}-2", "NW", f"C{uid}-2")))
+        writer.acked(second.id, "2026-12-05T08:00:01.500000+00:00")
+    finally:
+        writer.close()  # closing writes what is still held back
+    assert message_log.get(second.id)["acked_at"] == "2026-12-05T08:00:01.500000+00:00"  # type: ignore[index]
+    assert commits == 2  # one per recorded message; the ACK times woke nobody
+
+
 def test_record_outcome_stores_what_applying_the_message_did(message_log: MessageLog, uid: str) -> None:
     recorded = record(message_log, orm(f"ACC{uid}", "NW", f"C{uid}"))
 
@@ -181,7 +207,9 @@ def test_accepted_rows_wait_in_order_until_marked_relayed(message_log: MessageLo
     assert waiting() == []
 
 
-def test_what_a_tolerant_channel_let_through_is_kept_with_the_message(message_log: MessageLog, uid: str) -> None:
+def test_what_a_tolerant_channel_let_through_is_kept_with_the_message(
+    message_log: MessageLog, uid: str
+) -> None:
     entry = inbound(orm(f"ACC{uid}", "NW", f"C{uid}"))
     entry.warnings = ["PID-7 birth date is empty", "procedure CTHEAD: CPT 70450, 15 min"]
     with message_log.db.transaction() as cur:
