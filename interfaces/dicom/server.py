@@ -22,6 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from adapters.dicom_config import DicomConfig
 from adapters.settings import Settings
+from interfaces.dicom.reactor import EventDrivenRequestHandler
 
 log = logging.getLogger("radflow.dicom")
 
@@ -79,16 +80,15 @@ def _on_echo(event: Any) -> int:
 
 
 # pynetdicom's DUL thread polls its socket and sleeps this long whenever a pass found nothing
-# (default 1 ms). The first PDU of every C-STORE waits for that sleep: 0.2 ms took one
-# association from ~190 to ~230 instances/s here, for ~5% of a core more per idle association
-# (pynetdicom's own polling already costs about as much).
+# (default 1 ms). Accepted associations wait in select() instead (reactor.py); the associations
+# radflow opens itself (C-MOVE sub-operations, commitment reports) keep the loop, shortened:
+# 0.2 ms took one association from ~190 to ~230 instances/s here.
 DUL_POLL_S = 0.0002
 
 
 def _on_open(event: Any) -> None:
     # pynetdicom leaves Nagle on; with delayed ACKs every reply would wait ~40-90 ms
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    event.assoc.dul._run_loop_delay = DUL_POLL_S
 
 
 VERIFICATION = DicomService("verification", [Verification], [(evt.EVT_C_ECHO, _on_echo)])
@@ -282,13 +282,14 @@ def start_dicom_server(
         for sop_class in service.sop_classes:
             ae.add_supported_context(sop_class, service.transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
     handlers += route_interventions((VERIFICATION, *services))
-    server = ae.start_server(
+    server = ae.make_server(
         (settings.bind_host, settings.dicom_port if port is None else port),
-        block=False,
         evt_handlers=handlers,  # type: ignore[arg-type]
+        server_class=transport.ThreadedAssociationServer,
+        request_handler=EventDrivenRequestHandler,  # acceptors that wait, not poll: reactor.py
     )
-    if server is None:
-        raise RuntimeError("pynetdicom did not start the DICOM server")
+    ae._servers.append(server)  # what start_server does: server.shutdown() takes it off again
+    threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
     log.info(
         "dicom listening",
         extra={

@@ -1,0 +1,200 @@
+"""Association threads that wait for work instead of polling for it.
+
+pynetdicom 3.0 runs two loops per accepted association. The association thread sleeps 1 ms
+before each look at its DIMSE queue, and the DUL thread sleeps between polls of the socket.
+On one association, where the modality sends the next C-STORE only after the last response,
+those sleeps were 38% of the acceptor's wall time per instance (py-spy, bench/dicom.py
+--profile): every request waited for a sleep to end before it was handled, and every response
+for another before it was sent.
+
+Here both threads block on what they wait for. The DUL thread waits in select() on the socket
+and on a wake-up socket that `send_pdu` pokes; the association thread waits on an Event set by
+every put into its DIMSE message queue and the DUL's to-user queue (release and abort requests
+arrive there). Both still wake every few milliseconds to look at their timers (ARTIM, network
+idle, kill), which is all pynetdicom's loops need the time for.
+
+What is copied from pynetdicom is `Association._run_reactor`, with its sleep replaced by the
+wait; the rest is reached through overridable methods. pyproject pins pynetdicom to 3.0.*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import RequestHandler
+
+LOGGER = logging.getLogger("pynetdicom.assoc")
+
+# how long an idle thread waits before it looks at its timers again: ARTIM and the network idle
+# timeout are in seconds, so a few milliseconds late is nothing; shorter only costs CPU
+DUL_IDLE_S = 0.005
+ASSOCIATION_IDLE_S = 0.005
+
+
+class WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that sets `wake` after every put."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake.set()
+
+
+class EventDrivenDul(DULServiceProvider):
+    """The DUL thread, waiting in select() when a pass of its loop found nothing to do."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._run_loop_delay = 0  # the loop's own sleep: the wait happens in _is_transport_event
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self._poke()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._poke()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(OSError):  # full (a poke is pending anyway) or closed (ended)
+            self._wake_w.send(b"\0")
+
+    def _is_transport_event(self) -> bool:
+        if super()._is_transport_event():
+            return True
+        if not (self.event_queue.qsize() or self.to_provider_queue.qsize() or self._kill_thread):
+            self._wait_for_io()
+        return False  # the loop's next pass sends or reads whatever woke us
+
+    def _wait_for_io(self) -> None:
+        raw = getattr(self.socket, "socket", None)
+        if raw is None:
+            time.sleep(0.001)
+            return
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return  # decrypted bytes already buffered: select() would not see them
+        try:
+            readable, _, _ = select.select([raw, self._wake_r], [], [], DUL_IDLE_S)
+        except (OSError, ValueError):  # the socket closed under us: the next pass notices
+            time.sleep(0.001)
+            return
+        if self._wake_r in readable:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
+
+
+class EventDrivenAssociation(Association):
+    """An acceptor association whose thread waits on an Event instead of sleeping 1 ms."""
+
+    _wake: threading.Event
+
+    def adopt(self) -> None:
+        """Turn a freshly created acceptor (socket set, not started) into this class's kind."""
+        self._wake = threading.Event()
+        old = self.dul
+        dul = EventDrivenDul(self)
+        dul.socket = old.socket
+        dul.event_queue = old.event_queue  # holds Evt5 (connection accepted), put by the socket
+        dul.to_user_queue = WakingQueue(self._wake)
+        self.dul = dul
+        self.dimse.msg_queue = WakingQueue(self._wake)
+        # the timeout setters copy their value into the DUL's timers: copy them to the new one
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+
+    def kill(self) -> None:
+        self._wake.set()
+        super().kill()
+
+    def _idle_wait(self) -> None:
+        if self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize():
+            return
+        self._wake.wait(ASSOCIATION_IDLE_S)
+        self._wake.clear()  # a put after this line sets it again; one before is in the queue
+
+    def _run_reactor(self) -> None:
+        """pynetdicom 3.0.4's acceptor loop, with `time.sleep(0.001)` replaced by `_idle_wait`."""
+        self._is_paused = False
+        while not self._kill:
+            self._idle_wait()
+
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                LOGGER.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                LOGGER.info(log_msg)
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                LOGGER.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class EventDrivenRequestHandler(RequestHandler):
+    """The server's per-connection handler, creating event-driven acceptors."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        assoc.__class__ = EventDrivenAssociation
+        assert isinstance(assoc, EventDrivenAssociation)
+        assoc.adopt()
+        return assoc
