@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     mllp_tls_require_client_cert: bool = False  # mutual TLS: refuse peers without a CA-signed cert
     log_level: str = "INFO"
     dicom_config: Path | None = None  # YAML: peers and allowed calling AEs (adapters/dicom_config)
-    dicom_max_associations: int = Field(default=32, ge=1)  # concurrent; beyond: A-ASSOCIATE-RJ
+    dicom_max_associations: int = Field(default=32, ge=1)  # concurrent, per process; beyond: A-ASSOCIATE-RJ
+    # processes serving DICOM associations: the listen process hands accepted connections to
+    # N-1 receivers in turn; each has its own interpreter lock, so associations use every core
+    dicom_processes: int = Field(default=1, ge=1, le=64)
     dicom_peers: str = ""  # "AET=host:port,AET2=host:port": C-MOVE destinations
     dicom_duplicates: Literal["keep", "replace", "reject"] = "keep"  # a SOP instance stored twice
     # how long a completed exam waits for the instances its MPPS referenced before saying

@@ -1,5 +1,6 @@
 """`radflow listen`: the MLLP listener with its message log, the relay to Temporal, and the
-DICOM AE. The ACK path never touches Temporal: a Temporal outage only delays the relay."""
+DICOM AE (with RADFLOW_DICOM_PROCESSES > 1, the receivers sharing its port: dicom_processes.py).
+The ACK path never touches Temporal: a Temporal outage only delays the relay."""
 
 from __future__ import annotations
 
@@ -15,14 +16,9 @@ from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog
 from adapters.temporal import connect
+from api.dicom_processes import Receivers, start_dicom_part
 from api.signals import run_until_signalled
-from interfaces.dicom.commitment import storage_commitment_service
 from interfaces.dicom.late_orders import Exam, link_late_arrivals
-from interfaces.dicom.mpps import mpps_service
-from interfaces.dicom.query_retrieve import query_retrieve_service
-from interfaces.dicom.server import start_dicom_server
-from interfaces.dicom.storage import Flusher, storage_service
-from interfaces.dicom.worklist import modality_worklist_service
 from interfaces.hl7.channels import load_channels
 from interfaces.hl7.listener import MllpListener
 from interfaces.hl7.relay import Relay
@@ -50,24 +46,17 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
     writer = MessageLogWriter(message_log)
     listener = MllpListener(settings, writer, on_accepted=wake_relay, channels=channels)
     await listener.start()
-    flusher = Flusher(storage_log, on_batched=wake_relay, exam_for_study=exam_for_study(projections_db))
-    dicom = start_dicom_server(
-        settings,
-        [
-            modality_worklist_service(settings),
-            mpps_service(mpps_log, on_accepted=wake_relay),
-            storage_service(settings, storage_log, flusher),
-            query_retrieve_service(settings, dicom_config, projections_db, retrievals=storage_log),
-            storage_commitment_service(settings, dicom_config, storage_log),
-        ],
-        config=dicom_config,
-        association_log=storage_log,
-    )
-    flusher.start()
-    late = asyncio.create_task(
-        link_late_orders_forever(mpps_log, storage_log, worklist_exam(projections_db), wake_relay, stop),
-        name="late-orders",
-    )
+    dicom = start_dicom_part(settings, message_log, projections_db, dicom_config, wake_relay)
+    receivers = Receivers(settings, on_wake=wake_relay)
+    receivers.start()
+    dicom.server.dispatch = receivers.dispatch
+    background = [
+        asyncio.create_task(
+            link_late_orders_forever(mpps_log, storage_log, worklist_exam(projections_db), wake_relay, stop),
+            name="late-orders",
+        ),
+        asyncio.create_task(receivers.supervise(stop), name="dicom-receivers"),
+    ]
     relay_task: asyncio.Task[None] | None = None
     try:
         # the listener already ACKs; the relay joins when Temporal answers (or never, if
@@ -82,31 +71,17 @@ async def run_listeners(settings: Settings, stop: asyncio.Event) -> None:
             await stopping
         connecting.cancel()
     finally:
-        late.cancel()
+        for task in background:
+            task.cancel()
         if relay_task is not None:
             relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay_task
         await listener.stop()
-        dicom.shutdown()
-        flusher.stop()
+        dicom.server.dispatch = None
+        receivers.stop()
+        dicom.stop()
         writer.close()
-
-
-def exam_for_study(projections_db: Database) -> Callable[[str], str | None]:
-    """A study without an accession still finds its exam by the Study Instance UID the
-    worklist handed the modality."""
-
-    def lookup(study_instance_uid: str) -> str | None:
-        try:
-            rows = projections_db.query(
-                "SELECT accession FROM worklist WHERE study_instance_uid = ?", (study_instance_uid,)
-            )
-        except Exception:  # no worklist yet (fresh install): nothing to match
-            return None
-        return rows[0]["accession"] if rows else None
-
-    return lookup
 
 
 def worklist_exam(projections_db: Database) -> Callable[[str], Exam | None]:

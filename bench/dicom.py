@@ -523,8 +523,9 @@ class Radflow(Server):
     name = "radflow"
     aet = RADFLOW_AET
 
-    def __init__(self, scp_port: int, logs: Path, keep: bool) -> None:
+    def __init__(self, scp_port: int, logs: Path, keep: bool, dicom_processes: int = 1) -> None:
         self.scp_port = scp_port
+        self.dicom_processes = dicom_processes
         self.logs = logs
         self.keep = keep
         self.stack: Stack | None = None
@@ -543,7 +544,11 @@ class Radflow(Server):
         self.dicom_port = stack.ports["dicom"]
         stack.start(
             None,
-            {"RADFLOW_DICOM_PEERS": f"{SCP_AET}={HOST}:{self.scp_port}", "RADFLOW_AE_TITLE": RADFLOW_AET},
+            {
+                "RADFLOW_DICOM_PEERS": f"{SCP_AET}={HOST}:{self.scp_port}",
+                "RADFLOW_AE_TITLE": RADFLOW_AET,
+                "RADFLOW_DICOM_PROCESSES": str(self.dicom_processes),
+            },
         )
         try:
             stack.wait_healthy(180)
@@ -594,8 +599,9 @@ class Radflow(Server):
         return None
 
     def receiving(self) -> dict[str, int]:
+        """`radflow listen` and the DICOM receivers sharing its port."""
         parts = self.all_processes()
-        return {"listen": parts["listen"]} if "listen" in parts else {}
+        return {k: v for k, v in parts.items() if k == "listen" or k.startswith("dicom-receiver")}
 
     def all_processes(self) -> dict[str, int]:
         if self.stack is None:
@@ -1272,12 +1278,13 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     servers: list[Server] = []
     if args.only in (None, "orthanc"):
         servers.append(Orthanc(ports, ports["scp"], logs))
-    radflow = Radflow(ports["scp"], logs, args.keep)
+    radflow = Radflow(ports["scp"], logs, args.keep, args.dicom_processes)
     if args.only in (None, "radflow"):
         servers.append(radflow)
     meta: dict[str, Any] = {
         "started_at": started.isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "dicom_processes": args.dicom_processes,
         "netns": "private, loopback only"
         if os.environ.get("RADFLOW_BENCH_IN_NETNS")
         else "host (plain loopback)",
@@ -1490,7 +1497,10 @@ def build_report(result: dict[str, Any]) -> str:
         "(except the stock-client row); radflow sets TCP_NODELAY on accepted sockets itself",
         f"- {meta['orthanc']}; {meta['dcmtk']}; radflow {meta['radflow_commit']}"
         + (" (+ uncommitted changes)" if meta["radflow_dirty"] else ""),
-        "- receiving processes: Orthanc = the Orthanc process; radflow = `radflow listen` (the C-STORE SCP). "
+        f"- radflow: RADFLOW_DICOM_PROCESSES={meta.get('dicom_processes', 1)} (processes accepting "
+        "associations on the DICOM port)",
+        "- receiving processes: Orthanc = the Orthanc process; radflow = `radflow listen` (the C-STORE SCP) "
+        "and its DICOM receivers. "
         "'all processes' adds radflow's temporal, worker and api (sampled sum of VmRSS every 50 ms)",
         f"- logs: {meta['logs']}",
         "",
@@ -1583,11 +1593,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-queries", action="store_true")
     ap.add_argument("--skip-stock", action="store_true")
     ap.add_argument("--profile", action="store_true", help="py-spy the radflow listen process (2 extra runs)")
+    ap.add_argument(
+        "--dicom-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="RADFLOW_DICOM_PROCESSES for radflow (default: the machine's cores; --profile uses 1)",
+    )
     ap.add_argument("--no-netns", action="store_true", help="run on the host's loopback, not a private netns")
     ap.add_argument("--keep", action="store_true", help="keep radflow's data folders")
     ap.add_argument("--no-json", action="store_true")
     ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.profile:  # py-spy watches the listen process: every association must land there
+        args.dicom_processes = 1
     if args.quick:
         args.runs, args.nq, args.nret, args.skip_stock = 1, 10, 3, True
 

@@ -133,6 +133,8 @@ def _part_name(argv: list[str]) -> str:
         return "?"
     if Path(argv[0]).name == "temporal":
         return "temporal"
+    if any("multiprocessing.spawn" in a for a in argv):
+        return "dicom-receiver"  # RADFLOW_DICOM_PROCESSES > 1: a receiver sharing listen's port
     if "api.cli" in argv:
         return argv[argv.index("api.cli") + 1] if argv.index("api.cli") + 1 < len(argv) else "cli"
     return Path(argv[0]).name
@@ -221,7 +223,8 @@ class Stack:
         if self.process is not None and self.process.poll() is None:
             out["up"] = self.process.pid
             for pid in descendants(self.process.pid):
-                out.setdefault(_part_name(_cmdline(pid)), pid)
+                name = _part_name(_cmdline(pid))
+                out[name if name not in out else f"{name}-{pid}"] = pid
         return out
 
     def cpu_snapshot(self) -> dict[str, float]:

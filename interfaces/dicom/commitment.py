@@ -474,13 +474,16 @@ def storage_commitment_service(
     *,
     retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
     timeout_s: float = TIMEOUT_S,
+    resume: bool = True,
 ) -> DicomService:
-    """The Storage Commitment SCP for `start_dicom_server`; also resumes reports a previous run
-    still owed (the requests are in the storage log's database)."""
+    """The Storage Commitment SCP for `start_dicom_server`; with `resume`, also resumes reports
+    a previous run still owed (the requests are in the storage log's database): one process of
+    those sharing the port does that."""
     commitments = CommitmentLog(storage_log.db)
     commitments.create_schema()
     scp = StorageCommitmentScp(settings, config, storage_log, commitments, retry_delays_s, timeout_s)
-    scp.resume()
+    if resume:
+        scp.resume()
     return DicomService(
         "storage-commitment", [StorageCommitmentPushModel], [(evt.EVT_N_ACTION, scp.handle_n_action)]
     )

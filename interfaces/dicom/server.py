@@ -244,6 +244,19 @@ class AssociationTracker:
                 log.exception("association end hook failed")
 
 
+class DispatchingServer(transport.ThreadedAssociationServer):
+    """A server that may hand an accepted connection to another process: `dispatch` returns
+    True when it passed the socket on (api/dicom_processes.py), False to serve it here."""
+
+    dispatch: Callable[[socket.socket, Any], bool] | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.dispatch is not None and self.dispatch(request, client_address):
+            request.close()  # only our descriptor: shutdown() would end the receiver's connection
+            return
+        super().process_request(request, client_address)
+
+
 def _copy_contexts(value: Any, memo: dict[int, Any] | None = None) -> Any:
     """What pynetdicom's acceptor does with the server's presentation contexts for every new
     association (`deepcopy`), done field by field: a context holds an immutable UID, a list of
@@ -266,7 +279,8 @@ def start_dicom_server(
     *,
     config: DicomConfig | None = None,
     association_log: AssociationLog | None = None,
-) -> Any:
+    host: str | None = None,
+) -> DispatchingServer:
     """Start the AE in a background thread; returns the server (call `.shutdown()`)."""
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]  # see _copy_contexts
     ae = _GatedAE(ae_title=settings.ae_title)
@@ -283,11 +297,12 @@ def start_dicom_server(
             ae.add_supported_context(sop_class, service.transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
     handlers += route_interventions((VERIFICATION, *services))
     server = ae.make_server(
-        (settings.bind_host, settings.dicom_port if port is None else port),
+        (settings.bind_host if host is None else host, settings.dicom_port if port is None else port),
         evt_handlers=handlers,  # type: ignore[arg-type]
-        server_class=transport.ThreadedAssociationServer,
+        server_class=DispatchingServer,
         request_handler=EventDrivenRequestHandler,  # acceptors that wait, not poll: reactor.py
     )
+    assert isinstance(server, DispatchingServer)
     ae._servers.append(server)  # what start_server does: server.shutdown() takes it off again
     threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
     log.info(

@@ -52,14 +52,23 @@ def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Pa
         process.wait(10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=[1, 3], ids=["one-dicom-process", "three-dicom-processes"])
 def radflow(
-    tmp_path_factory: pytest.TempPathFactory, temporal_address: str, storescp: tuple[int, Path]
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    temporal_address: str,
+    storescp: tuple[int, Path],
 ) -> Iterator[Stack]:
+    """With three processes every association of the workflow lands on another one than the
+    last (they take turns): the MPPS N-SET, the commitment and the C-MOVE each find what
+    another process stored."""
     with running_stack(
         tmp_path_factory.mktemp("scheduled"),
         temporal_address,
-        {"RADFLOW_DICOM_PEERS": f"WORKSTATION=127.0.0.1:{storescp[0]}"},
+        {
+            "RADFLOW_DICOM_PEERS": f"WORKSTATION=127.0.0.1:{storescp[0]}",
+            "RADFLOW_DICOM_PROCESSES": str(request.param),
+        },
     ) as stack:
         yield stack
 
