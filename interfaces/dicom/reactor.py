@@ -60,6 +60,7 @@ class EventDrivenDul(DULServiceProvider):
     def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
         self._run_loop_delay = 0  # the loop's own sleep: the wait happens in _is_transport_event
+        self._waiting = False  # in (or about to enter) select(): only then is a poke needed
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -73,7 +74,8 @@ class EventDrivenDul(DULServiceProvider):
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
-        self._poke()
+        if self._waiting:  # set before the DUL looks at its queues: it saw this put, or is poked
+            self._poke()
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -86,8 +88,12 @@ class EventDrivenDul(DULServiceProvider):
     def _is_transport_event(self) -> bool:
         if super()._is_transport_event():
             return True
-        if not (self.event_queue.qsize() or self.to_provider_queue.qsize() or self._kill_thread):
-            self._wait_for_io()
+        self._waiting = True
+        try:
+            if not (self.event_queue.qsize() or self.to_provider_queue.qsize() or self._kill_thread):
+                self._wait_for_io()
+        finally:
+            self._waiting = False
         return False  # the loop's next pass sends or reads whatever woke us
 
     def _wait_for_io(self) -> None:
