@@ -37,6 +37,7 @@ from adapters.commitment_log import CommitmentLog
 from adapters.dicom_config import DicomConfig
 from adapters.settings import Settings
 from adapters.storage_log import StorageLog
+from interfaces.dicom.reactor import associate
 from interfaces.dicom.server import DicomService, association_id
 from interfaces.dicom.status import status
 
@@ -409,7 +410,8 @@ class StorageCommitmentScp:
         ae.add_requested_context(StorageCommitmentPushModel)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         # PS3.4 J.3.3: on a new association the SCP is the requestor and proposes the SCP role
-        assoc = ae.associate(
+        assoc = associate(
+            ae,
             peer.host,
             peer.port,
             ae_title=peer.ae_title,

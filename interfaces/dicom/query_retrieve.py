@@ -58,7 +58,8 @@ from interfaces.dicom.pacs_query import (
     select,
     select_instances,
 )
-from interfaces.dicom.server import DUL_POLL_S, DicomService, association_id
+from interfaces.dicom.reactor import associate
+from interfaces.dicom.server import DicomService, association_id
 from interfaces.dicom.status import status
 from interfaces.dicom.worklist import character_set, requested_character_sets
 
@@ -266,7 +267,6 @@ def guard_reactor(assoc: Any) -> None:
 def _on_connection_open(event: Any) -> None:
     # pynetdicom leaves Nagle on; with delayed ACKs every C-STORE would wait ~40-90 ms
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    event.assoc.dul._run_loop_delay = DUL_POLL_S
 
 
 def storage_contexts(rows: Sequence[Mapping[str, Any]]) -> list[PresentationContext]:
@@ -582,7 +582,8 @@ class QueryRetrieve:
         ae.acse_timeout = 10
         ae.dimse_timeout = STORE_TIMEOUT_S
         ae.network_timeout = 60
-        assoc = ae.associate(
+        assoc = associate(
+            ae,
             destination.host,
             destination.port,
             contexts=storage_contexts(rows),

@@ -14,12 +14,14 @@ arrive there). Both still wake every few milliseconds to look at their timers (A
 idle, kill), which is all pynetdicom's loops need the time for.
 
 What is copied from pynetdicom is `Association._run_reactor`, with its sleep replaced by the
-wait; the rest is reached through overridable methods. pyproject pins pynetdicom to 3.0.*.
+wait, and the request path of `AE.associate` (for the associations radflow opens itself); the
+rest is reached through overridable methods. pyproject pins pynetdicom to 3.0.*.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import queue
 import select
@@ -27,18 +29,22 @@ import socket
 import ssl
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import AE, evt
+from pynetdicom._globals import DEFAULT_MAX_LENGTH, MODE_REQUESTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import RequestHandler
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
 
 # how long an idle thread waits before it looks at its timers again: ARTIM and the network idle
 # timeout are in seconds, so a few milliseconds late is nothing; shorter only costs CPU
 DUL_IDLE_S = 0.005
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 ASSOCIATION_IDLE_S = 0.005
 
 
@@ -86,6 +92,7 @@ class EventDrivenDul(DULServiceProvider):
             self._wake_w.send(b"\0")
 
     def _is_transport_event(self) -> bool:
+        self._quick_ack()
         if super()._is_transport_event():
             return True
         self._waiting = True
@@ -95,6 +102,16 @@ class EventDrivenDul(DULServiceProvider):
         finally:
             self._waiting = False
         return False  # the loop's next pass sends or reads whatever woke us
+
+    def _quick_ack(self) -> None:
+        """Acknowledge what arrives at once (Linux turns TCP_QUICKACK off again by itself, so it
+        is set before every read). A peer that leaves Nagle on (DCMTK unless TCP_NODELAY is in
+        its environment) writes a reply in two small pieces and holds the second until the
+        first is acknowledged: with our delayed ACK, 40 ms per C-STORE response to a C-GET."""
+        raw = getattr(self.socket, "socket", None)
+        if raw is not None and QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                raw.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
 
     def _wait_for_io(self) -> None:
         raw = getattr(self.socket, "socket", None)
@@ -115,17 +132,21 @@ class EventDrivenDul(DULServiceProvider):
 
 
 class EventDrivenAssociation(Association):
-    """An acceptor association whose thread waits on an Event instead of sleeping 1 ms."""
+    """An association whose thread waits on an Event instead of sleeping 1 ms: acceptors are
+    converted by the request handler, requestors are made by `associate`."""
 
     _wake: threading.Event
 
-    def adopt(self) -> None:
-        """Turn a freshly created acceptor (socket set, not started) into this class's kind."""
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._become_event_driven()
+
+    def _become_event_driven(self) -> None:
         self._wake = threading.Event()
         old = self.dul
         dul = EventDrivenDul(self)
         dul.socket = old.socket
-        dul.event_queue = old.event_queue  # holds Evt5 (connection accepted), put by the socket
+        dul.event_queue = old.event_queue  # an acceptor's holds Evt5 (connection accepted)
         dul.to_user_queue = WakingQueue(self._wake)
         self.dul = dul
         self.dimse.msg_queue = WakingQueue(self._wake)
@@ -137,19 +158,27 @@ class EventDrivenAssociation(Association):
         self._wake.set()
         super().kill()
 
-    def _idle_wait(self) -> None:
-        if self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize():
+    def _idle_wait(self, served: bool) -> None:
+        """Wait for a put into the DIMSE or to-user queue (or the timers' few milliseconds).
+        Right after serving a message, another already queued is taken at once. Otherwise a
+        non-empty queue is no reason to go round again: on the associations radflow opens,
+        the sending thread takes the replies (query_retrieve.guard_reactor), and a release
+        reply waits for release() to read it; looping on them would spin."""
+        if served and self.dimse.msg_queue.qsize():
             return
         self._wake.wait(ASSOCIATION_IDLE_S)
         self._wake.clear()  # a put after this line sets it again; one before is in the queue
 
     def _run_reactor(self) -> None:
-        """pynetdicom 3.0.4's acceptor loop, with `time.sleep(0.001)` replaced by `_idle_wait`."""
+        """pynetdicom 3.0.4's reactor loop, with `time.sleep(0.001)` replaced by `_idle_wait`,
+        which it spends paused: a `send_*()` from another thread (it waits for `_is_paused`)
+        goes ahead at once instead of after the wait, and the loop, woken by the reply, stops
+        at the checkpoint until that sender is done with the queue."""
         self._is_paused = False
+        msg = None
         while not self._kill:
-            self._idle_wait()
-
             self._is_paused = True
+            self._idle_wait(served=msg is not None)
             self._reactor_checkpoint.wait()
             self._is_paused = False
 
@@ -199,8 +228,49 @@ class EventDrivenRequestHandler(RequestHandler):
     """The server's per-connection handler, creating event-driven acceptors."""
 
     def _create_association(self) -> Association:
-        assoc = super()._create_association()
+        assoc = super()._create_association()  # a plain Association, socket set, not started
         assoc.__class__ = EventDrivenAssociation
         assert isinstance(assoc, EventDrivenAssociation)
-        assoc.adopt()
+        assoc._become_event_driven()
         return assoc
+
+
+def associate(
+    ae: AE,
+    host: str,
+    port: int,
+    *,
+    ae_title: str,
+    contexts: list[PresentationContext] | None = None,
+    ext_neg: list[Any] | None = None,
+    evt_handlers: list[tuple[Any, Any]] | None = None,
+) -> Association:
+    """`ae.associate` for radflow's own outgoing associations (C-MOVE sub-operations,
+    commitment reports), made event-driven like the acceptors: pynetdicom 3.0.4's request
+    path, without its argument checks."""
+    remote = AddressInformation.from_addr_port(host, port)
+    local = AddressInformation.from_tuple(("::0" if remote.address_family == socket.AF_INET6 else "", 0))
+    assoc = EventDrivenAssociation(ae, MODE_REQUESTOR)
+    assoc.name = f"RequestorThread@{datetime.now():%Y%m%d%H%M%S}"
+    assoc.set_socket(AssociationSocket(assoc, address=local))
+    assoc.acceptor.ae_title = ae_title
+    assoc.acceptor.address_info = remote
+    assoc.requestor.address_info = local
+    assoc.requestor.ae_title = ae.ae_title
+    assoc.requestor.maximum_length = DEFAULT_MAX_LENGTH
+    assoc.requestor.implementation_class_uid = ae.implementation_class_uid
+    assoc.requestor.implementation_version_name = ae.implementation_version_name
+    for item in ext_neg or []:
+        assoc.requestor.add_negotiation_item(item)
+    requested = copy.deepcopy(contexts or ae.requested_contexts)
+    if not requested:
+        raise ValueError("at least one requested presentation context is needed")
+    for index, context in enumerate(requested):
+        context.context_id = 2 * index + 1
+    assoc.requestor.requested_contexts = requested
+    for handler in evt_handlers or []:
+        assoc.bind(*handler)
+    assoc.request()
+    if assoc.is_established:
+        assoc.start()
+    return assoc

@@ -79,13 +79,6 @@ def _on_echo(event: Any) -> int:
     return 0x0000
 
 
-# pynetdicom's DUL thread polls its socket and sleeps this long whenever a pass found nothing
-# (default 1 ms). Accepted associations wait in select() instead (reactor.py); the associations
-# radflow opens itself (C-MOVE sub-operations, commitment reports) keep the loop, shortened:
-# 0.2 ms took one association from ~190 to ~230 instances/s here.
-DUL_POLL_S = 0.0002
-
-
 def _on_open(event: Any) -> None:
     # pynetdicom leaves Nagle on; with delayed ACKs every reply would wait ~40-90 ms
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

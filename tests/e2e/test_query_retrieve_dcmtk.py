@@ -384,6 +384,30 @@ def test_getscu_receives_a_study_on_its_own_association(
     assert {(r["destination"], r["outcome"]) for r in sent} == {("DCMTKSCU", "sent")}
 
 
+def test_a_stock_getscu_with_nagle_on_still_receives_forty_instances_fast(
+    radflow: Running, pacs: Pacs, tmp_path: Path
+) -> None:
+    """getscu without TCP_NODELAY writes each C-STORE response in two pieces and holds the
+    second until the first is acknowledged: with a delayed ACK that was ~45 ms per instance
+    (1.9 s for these 40). radflow acknowledges at once (TCP_QUICKACK before every read)."""
+    big = pacs.studies[3]
+    out = tmp_path / "get"
+    out.mkdir()
+    started = time.perf_counter()
+    result = dcmtk(
+        "getscu",
+        radflow,
+        ["-S", "-od", str(out), *keys(QueryRetrieveLevel="STUDY", StudyInstanceUID=big.uid)],
+        nodelay=False,
+        cwd=tmp_path,
+    )
+    elapsed = time.perf_counter() - started
+
+    assert result.returncode == 0, result.stderr
+    assert set(received_files(out)) == set(big.files)
+    assert elapsed < 40 * 0.040 * 0.5, f"40 C-GET stores took {elapsed:.2f} s: delayed ACKs are back"
+
+
 def wait_for_files(folder: Path, count: int, timeout: float = 10.0) -> None:
     """storescp may still be writing the last file when movescu has its final response."""
     deadline = time.monotonic() + timeout
