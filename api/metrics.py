@@ -93,22 +93,16 @@ class RadflowCollector(Collector):
             applied = row["applied"] or ("pending" if row["status"] == "accepted" else "")
             family.add_metric([row["message_type"], row["status"], applied], int(row["n"]))
         yield family
-        rows = self.messages_db.query(
-            "SELECT received_at, acked_at FROM hl7_messages WHERE acked_at IS NOT NULL"
-        )
-        yield histogram(
-            "radflow_hl7_inbound_ack_latency_seconds",
-            "Inbound HL7: frame received to the ACK written to the sender",
-            _seconds_between(rows, "received_at", "acked_at"),
-        )
-        rows = self.messages_db.query(
-            "SELECT received_at, applied_at FROM hl7_messages WHERE applied_at IS NOT NULL"
-        )
-        yield histogram(
-            "radflow_hl7_inbound_apply_latency_seconds",
-            "Inbound HL7: received to applied by the exam or patient",
-            _seconds_between(rows, "received_at", "applied_at"),
-        )
+        for end, name, doc in (
+            ("acked_at", "ack", "Inbound HL7: frame received to the ACK written to the sender"),
+            ("applied_at", "apply", "Inbound HL7: received to applied by the exam or patient"),
+        ):
+            rows = self.messages_db.query(
+                f"SELECT received_at, {end} FROM hl7_messages WHERE {end} IS NOT NULL"
+            )
+            yield histogram(
+                f"radflow_hl7_inbound_{name}_latency_seconds", doc, _seconds_between(rows, "received_at", end)
+            )
 
     def _outbound(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
