@@ -199,8 +199,8 @@ def phase1_run(port: int, orders: list[tuple[str, str, bytes]], conns: int) -> d
 
 
 class Api:
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10)
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=10, headers=headers)
 
     def close(self) -> None:
         self.http.close()
@@ -235,6 +235,7 @@ def wait_drained(api: Api, expected: int, since: float, timeout: float) -> dict[
 def phase2_run(
     port: int,
     api_url: str,
+    headers: dict[str, str],
     orders: list[tuple[str, str, bytes]],
     patient: str,
     rate: float,
@@ -277,7 +278,7 @@ def phase2_run(
             sender_done.set()
 
     def poller() -> None:
-        with httpx.Client(base_url=api_url, timeout=10) as http:
+        with httpx.Client(base_url=api_url, timeout=10, headers=headers) as http:
             deadline = None
             while True:
                 started = clock()
@@ -324,7 +325,7 @@ def phase2_run(
 
     # every accession once through GET /api/exams/{accession}
     direct = Counter()
-    with httpx.Client(base_url=api_url, timeout=10) as http:
+    with httpx.Client(base_url=api_url, timeout=10, headers=headers) as http:
         for acc in sent_at:
             direct[http.get(f"/api/exams/{acc}").status_code] += 1
 
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"bench: healthy after {result['stack']['healthy_after_s']} s; parts {stack.parts()}", flush=True
         )
-        api = Api(stack.base_url)
+        api = Api(stack.base_url, stack.sign_in())
         port = stack.ports["mllp"]
         expected_total = 0
 
@@ -580,7 +581,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             cpu0 = snapshot(stack)
             r2 = phase2_run(
-                port, stack.base_url, orders, patient, args.rate, args.poll_ms / 1000, args.settle
+                port,
+                stack.base_url,
+                stack.headers,
+                orders,
+                patient,
+                args.rate,
+                args.poll_ms / 1000,
+                args.settle,
             )
             result["cpu"]["phase2"] = cpu_delta(cpu0, snapshot(stack))
             print(f"  {r2}", flush=True)

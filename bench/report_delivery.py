@@ -135,7 +135,7 @@ def completed_exam(stack: Stack, accession: str) -> None:
     )
     if ack.code != "AA":
         raise RuntimeError(f"order {accession} answered {ack.code}")
-    with httpx.Client(base_url=stack.base_url, timeout=10) as http:
+    with httpx.Client(base_url=stack.base_url, timeout=10, headers=stack.sign_in()) as http:
         wait_state(http, accession, "ordered")
         step = f"2.25.{uuid.uuid4().int}"
         with mpps_scu(stack.ports["dicom"], calling_ae="CT01") as scu:
@@ -147,11 +147,13 @@ def completed_exam(stack: Stack, accession: str) -> None:
         wait_state(http, accession, "completed")
 
 
-async def sign_all(base_url: str, accessions: list[str]) -> dict[str, dict[str, Any]]:
+async def sign_all(
+    base_url: str, headers: dict[str, str], accessions: list[str]
+) -> dict[str, dict[str, Any]]:
     """Every accession signed at once; per accession: when sent, when answered, the status."""
     out: dict[str, dict[str, Any]] = {}
     limits = httpx.Limits(max_connections=len(accessions) + 5, max_keepalive_connections=len(accessions) + 5)
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits, headers=headers) as http:
         start = asyncio.Event()
 
         async def sign(accession: str) -> None:
@@ -181,7 +183,7 @@ def one_round(stack: Stack, peer: Peer, run: str, label: str, n: int, timeout: f
         list(pool.map(lambda a: completed_exam(stack, a), accessions))
     prepared_s = time.perf_counter() - t0
     cpu0 = snapshot(stack)
-    signed = asyncio.run(sign_all(stack.base_url, accessions))
+    signed = asyncio.run(sign_all(stack.base_url, stack.headers, accessions))
     refused = {a: s for a, s in signed.items() if s["status"] != 200}
     wanted = [a for a in accessions if a not in refused]
     deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,6 +24,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
+# every role radflow has but those RADFLOW_MFA_ROLES asks a TOTP code of by default
+BENCH_ROLES = "radiologist,technologist,scheduler,billing,interface_analyst,operations"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -157,6 +160,7 @@ class Stack:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     known: dict[int, list[str]] = field(default_factory=dict)  # pid -> argv, for cleanup
+    headers: dict[str, str] = field(default_factory=dict)  # the bench user's token (sign_in)
 
     @property
     def base_url(self) -> str:
@@ -173,6 +177,7 @@ class Stack:
                 "RADFLOW_TEMPORAL_PORT": str(self.ports["temporal"]),
                 "RADFLOW_TEMPORAL_ADDRESS": "",  # embedded dev server
                 "RADFLOW_DATABASE_URL": "",  # embedded SQLite files
+                "RADFLOW_ACCESS_TOKEN_MINUTES": "240",  # one sign-in lasts the whole run
                 "PYTHONPATH": str(ROOT),
             }
         )
@@ -190,6 +195,38 @@ class Stack:
             start_new_session=True,
         )
         log.close()
+
+    def sign_in(self) -> dict[str, str]:
+        """A bench user with the roles that need no second factor, added the way an admin would
+        (`radflow users add`), signed in: the API answers no anonymous call. Sets `headers`."""
+        password = secrets.token_urlsafe(18)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RADFLOW_")}
+        env.update({"RADFLOW_DATA_DIR": str(self.data_dir), "PYTHONPATH": str(ROOT)})
+        added = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "api.cli",
+                "users",
+                "add",
+                "bench",
+                "--roles",
+                BENCH_ROLES,
+                "--password-stdin",
+            ],
+            input=password.encode(),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+        )
+        if added.returncode != 0:
+            raise RuntimeError(f"radflow users add failed: {added.stderr.decode(errors='replace')[-300:]}")
+        answer = httpx.post(
+            self.base_url + "/api/auth/token", data={"username": "bench", "password": password}, timeout=30
+        )
+        answer.raise_for_status()
+        self.headers = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+        return self.headers
 
     def wait_healthy(self, timeout: float) -> float:
         assert self.process is not None
