@@ -53,10 +53,6 @@ class DicomPart:
     server: Any
     flusher: Flusher
 
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
     def stop(self) -> None:
         self.server.shutdown()
         self.flusher.stop()
@@ -69,8 +65,7 @@ def start_dicom_part(
     dicom_config: DicomConfig,
     wake: Callable[[], None],
     *,
-    port: int | None = None,
-    host: str | None = None,
+    accept: bool = True,
     resume_commitments: bool = True,
 ) -> DicomPart:
     """Every DICOM service on one AE, with its storage flusher started."""
@@ -86,10 +81,9 @@ def start_dicom_part(
             query_retrieve_service(settings, dicom_config, projections_db, retrievals=storage_log),
             storage_commitment_service(settings, dicom_config, storage_log, resume=resume_commitments),
         ],
-        port,
         config=dicom_config,
         association_log=storage_log,
-        host=host,
+        accept=accept,
     )
     flusher.start()
     return DicomPart(server, flusher)
@@ -242,16 +236,8 @@ async def _receive(settings: Settings, wake: Connection, handoff: Connection, st
     message_log = MessageLog(Database.for_file(settings, settings.messages_sqlite_path))
     projections_db = Database.for_file(settings, settings.projections_sqlite_path)
     config = load_dicom_config(settings.dicom_config, settings.dicom_peers)
-    # its own listening socket is on a loopback port nobody is told of: connections come by hand
     part = start_dicom_part(
-        settings,
-        message_log,
-        projections_db,
-        config,
-        wake_relay,
-        port=0,
-        host="127.0.0.1",
-        resume_commitments=False,
+        settings, message_log, projections_db, config, wake_relay, accept=False, resume_commitments=False
     )
 
     def take_connections() -> None:
@@ -262,6 +248,8 @@ async def _receive(settings: Settings, wake: Connection, handoff: Connection, st
                 part.server.process_request(connection, tuple(address))
         except (EOFError, OSError):  # the listen process closed its end or died
             pass
+        except Exception:  # stop, and be started again by the listen process
+            log.exception("taking over a connection failed")
         loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=take_connections, name="dicom-handoff", daemon=True).start()

@@ -242,6 +242,13 @@ class DispatchingServer(transport.ThreadedAssociationServer):
     True when it passed the socket on (api/dicom_processes.py), False to serve it here."""
 
     dispatch: Callable[[socket.socket, Any], bool] | None = None
+    accepting = True  # False: no listening socket, no serve_forever loop to stop
+
+    def shutdown(self) -> None:
+        if self.accepting:
+            super().shutdown()
+        else:
+            self.ae._servers.remove(self)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if self.dispatch is not None and self.dispatch(request, client_address):
@@ -272,9 +279,11 @@ def start_dicom_server(
     *,
     config: DicomConfig | None = None,
     association_log: AssociationLog | None = None,
-    host: str | None = None,
+    accept: bool = True,
 ) -> DispatchingServer:
-    """Start the AE in a background thread; returns the server (call `.shutdown()`)."""
+    """Start the AE in a background thread; returns the server (call `.shutdown()`).
+    `accept=False`: listen on no port; connections come through `process_request` (a receiver
+    process of api/dicom_processes.py)."""
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]  # see _copy_contexts
     ae = _GatedAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom_max_associations
@@ -289,21 +298,29 @@ def start_dicom_server(
         for sop_class in service.sop_classes:
             ae.add_supported_context(sop_class, service.transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
     handlers += route_interventions((VERIFICATION, *services))
+    address = (
+        (settings.bind_host, settings.dicom_port if port is None else port) if accept else ("127.0.0.1", 0)
+    )
     server = ae.make_server(
-        (settings.bind_host if host is None else host, settings.dicom_port if port is None else port),
+        address,
         evt_handlers=handlers,  # type: ignore[arg-type]
         server_class=DispatchingServer,
         request_handler=EventDrivenRequestHandler,  # acceptors that wait, not poll: reactor.py
     )
     assert isinstance(server, DispatchingServer)
     ae._servers.append(server)  # what start_server does: server.shutdown() takes it off again
+    names = ["verification", *(s.name for s in services)]
+    if not accept:  # pynetdicom binds in the constructor: let go of that socket at once
+        server.accepting = False
+        server.server_close()
+        log.info(
+            "dicom ready for handed-over connections",
+            extra={"ae_title": settings.ae_title, "services": names},
+        )
+        return server
     threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
     log.info(
         "dicom listening",
-        extra={
-            "ae_title": settings.ae_title,
-            "port": server.server_address[1],
-            "services": ["verification", *(s.name for s in services)],
-        },
+        extra={"ae_title": settings.ae_title, "port": server.server_address[1], "services": names},
     )
     return server
