@@ -287,6 +287,10 @@ def start_dicom_server(
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]  # see _copy_contexts
     ae = _GatedAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom_max_associations
+    # the largest P-DATA PDU a peer may send us: at pynetdicom's 16 KB a 525 KB image came in
+    # 33 PDUs, each a pass of the DUL loop and of its state machine; 1 MiB: 213 -> 241 images/s
+    # over one association (3 runs each), small ones unchanged
+    ae.maximum_pdu_size = 1024 * 1024
     tracker = AssociationTracker(
         ae,
         config or DicomConfig(),
