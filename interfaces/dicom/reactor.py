@@ -91,6 +91,26 @@ class EventDrivenDul(DULServiceProvider):
         with contextlib.suppress(OSError):  # full (a poke is pending anyway) or closed (ended)
             self._wake_w.send(b"\0")
 
+    def _process_recv_primitive(self) -> bool:
+        """pynetdicom either sends one queued PDU or reads one per pass, sending first: while
+        a C-FIND streams thousands of responses the peer's C-CANCEL (or A-ABORT) waited until
+        the last was sent. A pass with bytes waiting reads them instead of sending."""
+        if self.to_provider_queue.qsize() and self._incoming():
+            return False  # the loop goes on to _is_transport_event, which reads
+        return super()._process_recv_primitive()
+
+    def _incoming(self) -> bool:
+        raw = getattr(self.socket, "socket", None)
+        if raw is None or not getattr(self.socket, "_is_connected", False):
+            return False  # a requestor's socket before its T-CONNECT looks readable to select()
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return True
+        try:
+            readable, _, _ = select.select([raw], [], [], 0)
+        except (OSError, ValueError):  # closed: the normal path finds out and says so
+            return False
+        return bool(readable)
+
     def _is_transport_event(self) -> bool:
         self._quick_ack()
         if super()._is_transport_event():
