@@ -654,9 +654,11 @@ class QueryRetrieve:
                 supported[uid] = context
             else:
                 context.scu_role, context.scp_role = True, True
-            syntaxes = [str(ts) for ts in context.transfer_syntax]
-            context.transfer_syntax = [
-                *(ts for ts in NATIVE if ts in syntaxes),
+            # reordered in place: the setter validates every UID again with a regular
+            # expression, 15 ms for the ~120 storage classes getscu proposes
+            syntaxes = context._transfer_syntax
+            context._transfer_syntax = [
+                *(ts for native in NATIVE for ts in syntaxes if ts == native),
                 *(ts for ts in syntaxes if ts not in NATIVE),
             ]
         assoc.acceptor.supported_contexts = list(supported.values())
