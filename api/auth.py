@@ -125,10 +125,12 @@ class Auth:
             detail=reason[:300],
         )
 
-    def tokens(self, user: User) -> TokenAnswer:
-        _, refresh = self.users.issue_token(
-            user.username, "refresh", timedelta(hours=self.settings.refresh_token_hours)
-        )
+    def tokens(self, user: User, refresh: str | None = None) -> TokenAnswer:
+        """A new access token, with `refresh` (a rotated refresh token) or a new refresh token."""
+        if refresh is None:
+            _, refresh = self.users.issue_token(
+                user.username, "refresh", timedelta(hours=self.settings.refresh_token_hours)
+            )
         return TokenAnswer(
             access_token=self.gate.issue(user.username, user.roles),
             expires_in=int(self.settings.access_token_minutes * 60),
@@ -202,13 +204,7 @@ def auth_router(auth: Auth) -> APIRouter:
             )
         except LoginRefused as error:
             raise refused(error) from error
-        return TokenAnswer(
-            access_token=auth.gate.issue(user.username, user.roles),
-            expires_in=int(auth.settings.access_token_minutes * 60),
-            refresh_token=rotated,
-            username=user.username,
-            roles=sorted(user.roles),
-        )
+        return auth.tokens(user, rotated)
 
     @router.post("/password")
     def change_password(
