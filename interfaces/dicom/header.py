@@ -61,13 +61,18 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, s
 def read_header(stream: bytes, transfer_syntax: str, keywords: Iterable[str]) -> dict[str, str]:
     """Keyword -> text ("" when absent or empty) for top-level attributes of an encoded data set
     (no meta group). Raises what pydicom or zlib raise on a stream they cannot parse."""
+    wanted = [(keyword, tag_for_keyword(keyword)) for keyword in keywords]
+    # elements come in tag order: nothing past the last one wanted is parsed (for an image,
+    # group 0028 and the rest cost a third of the parse)
+    tags = [tag for _, tag in wanted if tag is not None]
+    last = min(PIXEL_DATA - 1, max([SPECIFIC_CHARACTER_SET, *tags]))
     if transfer_syntax in DEFLATED:
         stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream)
     dataset = read_dataset(
         BytesIO(stream),
         transfer_syntax == IMPLICIT_LITTLE,
         transfer_syntax != EXPLICIT_BIG,
-        stop_when=lambda tag, vr, length: tag >= PIXEL_DATA,
+        stop_when=lambda tag, vr, length: tag > last,
     )
     charset = dataset.get_item(SPECIFIC_CHARACTER_SET)
     terms: list[str] = []
@@ -77,8 +82,7 @@ def read_header(stream: bytes, transfer_syntax: str, keywords: Iterable[str]) ->
         terms = [t.strip() for t in text.split("\\")]
     encodings = convert_encodings(terms or [""])
     found: dict[str, str] = {}
-    for keyword in keywords:
-        tag = tag_for_keyword(keyword)
+    for keyword, tag in wanted:
         element = dataset.get_item(tag) if tag is not None else None
         value = None if element is None else element.value
         if tag is None or value is None or value in (b"", ""):
