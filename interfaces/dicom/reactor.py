@@ -39,6 +39,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
+from interfaces.dicom.command_set import DirectDimse
+
 LOGGER = logging.getLogger("pynetdicom.assoc")
 
 # how long an idle thread waits before it looks at its timers again: ARTIM and the network idle
@@ -180,6 +182,7 @@ class EventDrivenAssociation(Association):
         dul.to_user_queue = WakingQueue(self._wake)
         self.dul = dul
         self.dimse.msg_queue = WakingQueue(self._wake)
+        self.dimse.__class__ = DirectDimse  # replies encoded without a pydicom Dataset
         # the timeout setters copy their value into the DUL's timers: copy them to the new one
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout

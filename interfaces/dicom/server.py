@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt, transport
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -285,6 +286,10 @@ def start_dicom_server(
     `accept=False`: listen on no port; connections come through `process_request` (a receiver
     process of api/dicom_processes.py)."""
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]  # see _copy_contexts
+    # pynetdicom's "standard" handlers format every DIMSE message and PDU for its DEBUG log,
+    # read off pydicom datasets, whether DEBUG is on or not; radflow logs associations itself.
+    # Without them bound, replies are sent without a DIMSEMessage (command_set.py)
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     ae = _GatedAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom_max_associations
     # the largest P-DATA PDU a peer may send us: at pynetdicom's 16 KB a 525 KB image came in

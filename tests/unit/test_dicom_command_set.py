@@ -1,0 +1,157 @@
+"""The DIMSE messages radflow encodes itself are byte for byte what pynetdicom would send."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.tag import BaseTag
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_primitives import (
+    C_CANCEL,
+    C_ECHO,
+    C_FIND,
+    C_GET,
+    C_MOVE,
+    C_STORE,
+    N_ACTION,
+    N_CREATE,
+    N_EVENT_REPORT,
+    N_SET,
+)
+from pynetdicom.pdu_primitives import P_DATA
+
+from interfaces.dicom.command_set import Unencodable, encode_message, p_data
+
+uids = st.from_regex(r"[1-9][0-9]{0,5}(\.(0|[1-9][0-9]{0,5})){1,9}", fullmatch=True)
+message_ids = st.integers(0, 0xFFFF)
+counts = st.none() | st.integers(0, 0xFFFF)
+comments = st.none() | st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\"), max_size=64
+)
+ae_titles = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"), min_size=1, max_size=16
+)
+statuses = st.sampled_from([0x0000, 0xFF00, 0xFF01, 0xA700, 0xA900, 0xC000, 0x0111, 0xB000, 0xFE00, 0x0107])
+datasets = st.none() | st.binary(max_size=300).map(BytesIO)
+tags = st.integers(0, 0xFFFFFFFF).map(BaseTag)
+
+
+@st.composite
+def responses(draw: Any) -> Any:
+    kind = draw(
+        st.sampled_from([C_STORE, C_FIND, C_MOVE, C_GET, C_ECHO, N_ACTION, N_CREATE, N_SET, N_EVENT_REPORT])
+    )
+    primitive = kind()
+    primitive.MessageIDBeingRespondedTo = draw(message_ids)
+    primitive.Status = draw(statuses)
+    if draw(st.booleans()):
+        primitive.AffectedSOPClassUID = draw(uids)
+    if kind in (C_STORE, N_ACTION, N_CREATE, N_SET, N_EVENT_REPORT) and draw(st.booleans()):
+        primitive.AffectedSOPInstanceUID = draw(uids)
+    comment = draw(comments)
+    if comment:
+        primitive.ErrorComment = comment
+    if kind in (C_STORE, C_FIND, C_MOVE, C_GET, N_SET, N_CREATE) and draw(st.booleans()):
+        primitive.OffendingElement = draw(st.lists(tags, min_size=1, max_size=3))
+    if kind in (C_MOVE, C_GET):
+        primitive.NumberOfRemainingSuboperations = draw(counts)
+        primitive.NumberOfCompletedSuboperations = draw(counts)
+        primitive.NumberOfFailedSuboperations = draw(counts)
+        primitive.NumberOfWarningSuboperations = draw(counts)
+    if kind in (C_FIND, C_MOVE, C_GET):
+        primitive.Identifier = draw(datasets)
+    if kind is N_ACTION:
+        primitive.ActionTypeID = draw(st.none() | st.integers(1, 3))
+        primitive.ActionReply = draw(datasets)
+    if kind in (N_CREATE, N_SET):
+        primitive.AttributeList = draw(datasets)
+    if kind is N_EVENT_REPORT:
+        primitive.EventTypeID = draw(st.none() | st.integers(1, 3))
+        primitive.EventReply = draw(datasets)
+    return primitive
+
+
+@st.composite
+def requests(draw: Any) -> Any:
+    kind = draw(st.sampled_from([C_STORE, C_FIND, C_MOVE, C_GET, C_ECHO, N_EVENT_REPORT]))
+    primitive = kind()
+    primitive.MessageID = draw(message_ids)
+    primitive.AffectedSOPClassUID = draw(uids)
+    if kind in (C_STORE, C_FIND, C_MOVE, C_GET):
+        primitive.Priority = draw(st.sampled_from([0, 1, 2]))
+    if kind is C_STORE:
+        primitive.AffectedSOPInstanceUID = draw(uids)
+        primitive.DataSet = BytesIO(draw(st.binary(min_size=1, max_size=300)))
+        if draw(st.booleans()):
+            primitive.MoveOriginatorApplicationEntityTitle = draw(ae_titles)
+            primitive.MoveOriginatorMessageID = draw(message_ids)
+    if kind in (C_FIND, C_MOVE, C_GET):
+        primitive.Identifier = BytesIO(draw(st.binary(min_size=1, max_size=300)))
+    if kind is C_MOVE:
+        primitive.MoveDestination = draw(ae_titles)
+    if kind is N_EVENT_REPORT:
+        primitive.AffectedSOPInstanceUID = draw(uids)
+        primitive.EventTypeID = draw(st.integers(1, 3))
+        primitive.EventInformation = draw(datasets)
+    return primitive
+
+
+def pynetdicom_p_data(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
+    if primitive.MessageIDBeingRespondedTo is None:
+        message = _RQ_TO_MESSAGE[primitive.__class__]()
+    else:
+        message = _RSP_TO_MESSAGE[primitive.__class__]()
+    message.primitive_to_message(primitive)
+    return [p.presentation_data_value_list for p in message.encode_msg(context_id, max_pdu)]
+
+
+def ours(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
+    command, data = encode_message(primitive)
+    return [p.presentation_data_value_list for p in p_data(context_id, command, data, max_pdu)]
+
+
+max_pdus = st.sampled_from([0, 16, 64, 200, 16384, 1024 * 1024])
+
+
+@settings(max_examples=400, deadline=None)
+@given(primitive=responses(), context_id=st.integers(1, 255).filter(lambda n: n % 2), max_pdu=max_pdus)
+def test_responses_are_encoded_as_pynetdicom_encodes_them(
+    primitive: Any, context_id: int, max_pdu: int
+) -> None:
+    assert ours(primitive, context_id, max_pdu) == pynetdicom_p_data(primitive, context_id, max_pdu)
+
+
+@settings(max_examples=300, deadline=None)
+@given(primitive=requests(), context_id=st.integers(1, 255).filter(lambda n: n % 2), max_pdu=max_pdus)
+def test_requests_are_encoded_as_pynetdicom_encodes_them(
+    primitive: Any, context_id: int, max_pdu: int
+) -> None:
+    assert ours(primitive, context_id, max_pdu) == pynetdicom_p_data(primitive, context_id, max_pdu)
+
+
+@given(message_id=message_ids)
+def test_a_cancel_is_encoded_as_pynetdicom_encodes_it(message_id: int) -> None:
+    primitive = C_CANCEL()
+    primitive.MessageIDBeingRespondedTo = message_id
+    assert ours(primitive, 1, 16384) == pynetdicom_p_data(primitive, 1, 16384)
+
+
+def test_what_it_cannot_write_the_same_way_is_left_to_pynetdicom() -> None:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 1
+    primitive.Status = 0xC000
+    primitive.ErrorComment = "multi\\valued"
+    try:
+        encode_message(primitive)
+    except Unencodable:
+        return
+    raise AssertionError("a backslash in a text value was written directly")
+
+
+def test_a_single_fragment_p_data_is_one_pdv() -> None:
+    (only,) = list(p_data(3, b"\x00" * 10, None, 0))
+    assert isinstance(only, P_DATA)
+    assert only.presentation_data_value_list == [(3, b"\x03" + b"\x00" * 10)]
