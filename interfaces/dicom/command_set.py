@@ -29,6 +29,7 @@ NO_DATA_SET = 0x0101
 DATA_SET = 0x0001
 # message control headers (PS3.8 E.2): command or data set, last fragment or not
 COMMAND, COMMAND_LAST, DATA, DATA_LAST = b"\x01", b"\x03", b"\x00", b"\x02"
+PDV_OVERHEAD = 6  # item length (4), context ID (1), message control header (1)
 
 
 class Unencodable(Exception):
@@ -107,7 +108,7 @@ def encode_message(primitive: Any) -> tuple[bytes, bytes | None]:
 
 
 def _fragments(marker: bytes, last: bytes, encoded: bytes, max_pdu: int) -> Iterator[bytes]:
-    size = len(encoded) if max_pdu == 0 else max_pdu - 6
+    size = len(encoded) if max_pdu == 0 else max_pdu - PDV_OVERHEAD
     size = max(size, 1)
     for start in range(0, max(len(encoded), 1), size):
         chunk = encoded[start : start + size]
@@ -115,7 +116,16 @@ def _fragments(marker: bytes, last: bytes, encoded: bytes, max_pdu: int) -> Iter
 
 
 def p_data(context_id: int, command: bytes, data: bytes | None, max_pdu: int) -> Iterator[P_DATA]:
-    """The P-DATA primitives for one message, fragmented as pynetdicom fragments it."""
+    """The P-DATA primitives for one message, fragmented as pynetdicom fragments it, except
+    that a command and a data set that fit one PDU together go in one, as two PDVs (PS3.8
+    9.3.5 allows several per PDU; pynetdicom and DCMTK read them). A C-FIND's pending
+    responses each took two PDUs, two passes of both ends' DUL loops."""
+    if data and (max_pdu == 0 or PDV_OVERHEAD * 2 + len(command) + len(data) <= max_pdu):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append((context_id, COMMAND_LAST + command))
+        primitive.presentation_data_value_list.append((context_id, DATA_LAST + data))
+        yield primitive
+        return
     parts = list(_fragments(COMMAND, COMMAND_LAST, command, max_pdu))
     if data:
         parts += _fragments(DATA, DATA_LAST, data, max_pdu)

@@ -100,17 +100,24 @@ def requests(draw: Any) -> Any:
 
 
 def pynetdicom_p_data(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
+    """pynetdicom's PDVs, in order (it sends one per P-DATA)."""
     if primitive.MessageIDBeingRespondedTo is None:
         message = _RQ_TO_MESSAGE[primitive.__class__]()
     else:
         message = _RSP_TO_MESSAGE[primitive.__class__]()
     message.primitive_to_message(primitive)
-    return [p.presentation_data_value_list for p in message.encode_msg(context_id, max_pdu)]
+    return [pdv for p in message.encode_msg(context_id, max_pdu) for pdv in p.presentation_data_value_list]
 
 
 def ours(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
+    """Our PDVs, in order, after checking every P-DATA against the peer's maximum PDU length
+    (the PDV items: 4 bytes of length, then context ID, header and fragment)."""
     command, data = encode_message(primitive)
-    return [p.presentation_data_value_list for p in p_data(context_id, command, data, max_pdu)]
+    primitives = list(p_data(context_id, command, data, max_pdu))
+    for primitive_ in primitives:
+        size = sum(4 + 1 + len(value) for _, value in primitive_.presentation_data_value_list)
+        assert max_pdu == 0 or size <= max_pdu
+    return [pdv for p in primitives for pdv in p.presentation_data_value_list]
 
 
 max_pdus = st.sampled_from([0, 16, 64, 200, 16384, 1024 * 1024])
@@ -151,7 +158,15 @@ def test_what_it_cannot_write_the_same_way_is_left_to_pynetdicom() -> None:
     raise AssertionError("a backslash in a text value was written directly")
 
 
-def test_a_single_fragment_p_data_is_one_pdv() -> None:
+def test_a_command_alone_is_one_pdv() -> None:
     (only,) = list(p_data(3, b"\x00" * 10, None, 0))
     assert isinstance(only, P_DATA)
     assert only.presentation_data_value_list == [(3, b"\x03" + b"\x00" * 10)]
+
+
+def test_a_command_and_a_data_set_that_fit_one_pdu_share_it() -> None:
+    (both,) = list(p_data(1, b"c" * 20, b"d" * 30, 62))
+    assert both.presentation_data_value_list == [(1, b"\x03" + b"c" * 20), (1, b"\x02" + b"d" * 30)]
+    first, second = list(p_data(1, b"c" * 20, b"d" * 30, 61))
+    assert first.presentation_data_value_list == [(1, b"\x03" + b"c" * 20)]
+    assert second.presentation_data_value_list == [(1, b"\x02" + b"d" * 30)]
