@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from adapters.dicom_config import DicomConfig
 from adapters.settings import Settings
+from interfaces.dicom import identifier_encoding
 from interfaces.dicom.reactor import EventDrivenRequestHandler
 
 log = logging.getLogger("radflow.dicom")
@@ -290,6 +291,7 @@ def start_dicom_server(
     # read off pydicom datasets, whether DEBUG is on or not; radflow logs associations itself.
     # Without them bound, replies are sent without a DIMSEMessage (command_set.py)
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    identifier_encoding.install()  # C-FIND responses encoded without pydicom's writer
     ae = _GatedAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom_max_associations
     # the largest P-DATA PDU a peer may send us: at pynetdicom's 16 KB a 525 KB image came in
