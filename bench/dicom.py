@@ -1016,7 +1016,8 @@ def spying(pid: int, raw: Path, rate: int, idle: bool) -> Iterator[None]:
 def profile_ingest(server: Radflow, data: DataSet, logs: Path, res: Results) -> None:
     """Two more ingests of `data` over one association, py-spy on `radflow listen`: on-CPU
     samples, then wall clock (waiting included); then 30 echoscu calls (wall clock) for the
-    cost of an association."""
+    cost of an association; then C-MOVEs and C-GETs (wall clock) and queries on a reused
+    association (on-CPU)."""
     out: dict[str, Any] = {}
     res.notes["profile"] = out
     rate = 250
@@ -1053,6 +1054,18 @@ def profile_ingest(server: Radflow, data: DataSet, logs: Path, res: Results) -> 
             summary = summarize_top(raw.read_text(errors="replace"), calls, 250)
             summary["ms_per_call"] = round(statistics.median(scratch.raw[f"radflow.{kind}.ms"]), 1)
             out[kind] = summary
+        server.prepare_worklist()
+        queries = 50
+        raw = logs / "pyspy-queries.txt"
+        scratch = Results()
+        with spying(server.receiving()["listen"], raw, 500, idle=False):
+            reused_association_queries(server, small, queries, scratch)
+        summary = summarize_top(raw.read_text(errors="replace"), 2 * queries, 500, top=30)
+        summary["ms_per_call"] = {
+            kind: round(statistics.median(scratch.raw[f"radflow.{kind}.reused.ms"]), 2)
+            for kind in ("cfind", "mwl")
+        }
+        out["queries"] = summary
 
 
 IDLE_THREADS = ("MainThread", "asyncio_", "storage-flusher", "message-log-writer", "AcceptorServer")
@@ -1547,12 +1560,19 @@ def build_report(result: dict[str, Any]) -> str:
             "itself costs some CPU): share of the thread's samples, ms per instance",
         ]
         for mode, p in prof.items():
-            if mode in ("cmove", "cget"):
-                lines.append(
-                    f"- {mode} of a 40-instance study, py-spy wall on listen: {p['ms_per_call']} ms per call "
-                    f"(movescu/getscu included); association threads {p['thread_ms_per_call']} thread-ms per call; "
-                    "top functions (inclusive, thread-ms per call):"
-                )
+            if mode in ("cmove", "cget", "queries"):
+                if mode == "queries":
+                    lines.append(
+                        f"- C-FIND study and MWL C-FIND on one reused association, py-spy on-CPU on listen: "
+                        f"p50 {p['ms_per_call']} ms per query; association threads {p['thread_ms_per_call']} "
+                        "CPU-ms per query; top functions (inclusive, CPU-ms per query):"
+                    )
+                else:
+                    lines.append(
+                        f"- {mode} of a 40-instance study, py-spy wall on listen: {p['ms_per_call']} ms per call "
+                        f"(movescu/getscu included); association threads {p['thread_ms_per_call']} thread-ms per "
+                        "call; top functions (inclusive, thread-ms per call):"
+                    )
                 lines += [f"    - {label}: {v}" for label, v in p["inclusive"]]
                 lines.append("  top leaf lines (thread-ms per call):")
                 lines += [f"    - {label}: {v}" for label, v in p["leaves"]]
