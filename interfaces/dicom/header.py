@@ -58,6 +58,45 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, s
     )
 
 
+LONG_LENGTH_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+TRANSFER_SYNTAX_UID = 0x00020010
+
+
+def split_part10(raw: bytes) -> tuple[str, memoryview]:
+    """(Transfer Syntax UID, the data set exactly as encoded) of a Part-10 file, read off the
+    meta group's own length; raises ValueError when the file does not start with a meta group
+    that has one (pydicom can still read such a file)."""
+    if raw[128:132] != b"DICM" or raw[132:138] != b"\x02\x00\x00\x00UL":
+        raise ValueError("no DICM prefix and File Meta group length")
+    try:
+        return _split_at_meta_length(raw)
+    except struct.error as error:  # an element runs past the end of the file
+        raise ValueError(f"the File Meta group is truncated: {error}") from error
+
+
+def _split_at_meta_length(raw: bytes) -> tuple[str, memoryview]:
+    (group_length,) = struct.unpack_from("<I", raw, 140)
+    end = 144 + group_length
+    position, syntax = 144, None
+    while position < end:
+        group, element = struct.unpack_from("<HH", raw, position)
+        vr = raw[position + 4 : position + 6]
+        if group != 2:
+            raise ValueError("the File Meta group length is wrong")
+        if vr in LONG_LENGTH_VRS:
+            (length,) = struct.unpack_from("<I", raw, position + 8)
+            start = position + 12
+        else:
+            (length,) = struct.unpack_from("<H", raw, position + 6)
+            start = position + 8
+        if (group << 16 | element) == TRANSFER_SYNTAX_UID:
+            syntax = raw[start : start + length].rstrip(b"\x00 ").decode("ascii")
+        position = start + length
+    if position != end or not syntax:
+        raise ValueError("the File Meta group is malformed or has no Transfer Syntax UID")
+    return syntax, memoryview(raw)[end:]
+
+
 def read_header(stream: bytes, transfer_syntax: str, keywords: Iterable[str]) -> dict[str, str]:
     """Keyword -> text ("" when absent or empty) for top-level attributes of an encoded data set
     (no meta group). Raises what pydicom or zlib raise on a stream they cannot parse."""

@@ -46,6 +46,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from adapters.dicom_config import DicomConfig, Peer
 from adapters.settings import Settings
 from adapters.sql import Database
+from interfaces.dicom.header import split_part10
 from interfaces.dicom.matching import InvalidQuery
 from interfaces.dicom.pacs_query import (
     FAILED_SOP_INSTANCE_UID_LIST,
@@ -125,14 +126,22 @@ class PeerGone(Exception):
     """The association carrying the C-STOREs ended: nothing more can be sent on it."""
 
 
-def read_stored(path: Path) -> tuple[Dataset, bytes]:
-    """A Part-10 file's meta group and its data set exactly as encoded (what follows the meta)."""
+def read_stored(path: Path) -> tuple[str | None, bytes | memoryview]:
+    """A Part-10 file's Transfer Syntax UID and its data set exactly as encoded (what follows
+    the meta group). radflow's own files are split at their meta group's length (pydicom's
+    parse of the group was 0.26 ms of each C-STORE sub-operation); others are read by pydicom."""
+    raw = path.read_bytes()
+    try:
+        return split_part10(raw)
+    except ValueError:
+        pass
     with open(path, "rb") as fp:
         read_preamble(fp, False)
         meta = read_dataset(
             fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, *_: tag.group != 2
         )
-        return meta, fp.read()
+        syntax = meta.get("TransferSyntaxUID")
+        return (str(syntax) if syntax else None), fp.read()
 
 
 def _gone(assoc: Any) -> bool:
@@ -161,7 +170,7 @@ class StoreSender:
     def send(self, row: Mapping[str, Any]) -> Outcome:
         sop_class, sop_instance = str(row["sop_class_uid"]), str(row["sop_instance_uid"])
         try:
-            meta, data = read_stored(Path(row["path"]))
+            stored_syntax, data = read_stored(Path(row["path"]))
         except OSError as error:
             log.error(
                 "stored file unreadable", extra={"sop_instance_uid": sop_instance, "error": error.strerror}
@@ -170,7 +179,7 @@ class StoreSender:
         except Exception as error:
             log.error("stored file undecodable", extra={"sop_instance_uid": sop_instance})
             return Outcome(STORE_FAILED, f"stored file undecodable: {type(error).__name__}")
-        syntax = str(meta.get("TransferSyntaxUID", row["transfer_syntax"]))
+        syntax = stored_syntax or str(row["transfer_syntax"])
         context_id = self._contexts.get((sop_class, syntax))
         if context_id is None:
             converted = self._convert(row, syntax)
