@@ -1205,7 +1205,7 @@ def probes() -> dict[str, list[tuple[str, Callable[[list[str]], bool]]]]:
             ("association end: batching (flush_batches)", has("flush_batches (")),
         ],
         "dul": [  # pynetdicom's DUL reactor thread of the association: socket <-> PDUs
-            ("DUL: poll sleep (_run_loop_delay, 0.2 ms in radflow)", leaf(dul_sleep)),
+            ("DUL: poll sleep (pynetdicom's loop; radflow's has none)", leaf(dul_sleep)),
             ("DUL: receive + decode PDUs (_is_transport_event)", has("_is_transport_event (")),
             ("DUL: state machine actions (do_action)", has("do_action (")),
             ("DUL: encode + send PDUs (_process_recv_primitive)", has("_process_recv_primitive (")),
