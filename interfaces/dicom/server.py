@@ -11,7 +11,6 @@ import copy
 import logging
 import socket
 import threading
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -152,14 +151,12 @@ class AssociationTracker:
         self._config = config
         self._log = association_log
         self._on_end = list(on_end)
-        self._lock = threading.Lock()
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
             (evt.EVT_REQUESTED, self._requested),
             (evt.EVT_ACCEPTED, self._accepted),
             (evt.EVT_REJECTED, self._rejected),
-            (evt.EVT_DIMSE_RECV, self._received),
             (evt.EVT_RELEASED, self._released),
             (evt.EVT_ABORTED, self._aborted),
         ]
@@ -207,14 +204,6 @@ class AssociationTracker:
             except Exception:
                 log.exception("could not log the rejected association")
 
-    def _received(self, event: Any) -> None:
-        # runs on the DUL's thread, possibly before EVT_ACCEPTED's handler has logged the
-        # association: count on the association object itself
-        name = type(event.message).__name__.replace("_", "-")  # C-STORE-RQ, N-ACTION-RQ, ...
-        counter: Counter[str] = event.assoc.__dict__.setdefault("radflow_exchanged", Counter())
-        with self._lock:
-            counter[name] += 1
-
     def _released(self, event: Any) -> None:
         self._ended(event, "released")
 
@@ -225,8 +214,8 @@ class AssociationTracker:
         assoc_id = association_id(event.assoc)
         if not assoc_id:
             return
-        with self._lock:
-            exchanged = dict(event.assoc.__dict__.get("radflow_exchanged", Counter()))
+        # counted by the association's DIMSE provider (command_set.DirectDimse), by message type
+        exchanged = dict(getattr(event.assoc.dimse, "received", None) or {})
         if self._log is not None:
             try:
                 self._log.association_closed(assoc_id, status, exchanged)
