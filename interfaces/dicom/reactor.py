@@ -49,6 +49,7 @@ LOGGER = logging.getLogger("pynetdicom.assoc")
 DUL_IDLE_S = 0.005
 QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 ASSOCIATION_IDLE_S = 0.005
+MAX_QUEUED = 16  # PDUs waiting to be sent before a sender is held (see _wait_for_room)
 
 
 class WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -92,6 +93,8 @@ class EventDrivenDul(DULServiceProvider):
     def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
         self._waiting = False  # in (or about to enter) select(): only then is a poke needed
+        self._room = threading.Condition()  # senders held by _wait_for_room
+        self._room_wanted = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -139,9 +142,22 @@ class EventDrivenDul(DULServiceProvider):
             self.state_machine.do_action(event)
 
     def send_pdu(self, primitive: Any) -> None:
+        self._wait_for_room()
         super().send_pdu(primitive)
         if self._waiting:  # set before the DUL looks at its queues: it saw this put, or is poked
             self._poke()
+
+    def _wait_for_room(self) -> None:
+        """Hold a sender while MAX_QUEUED PDUs wait to go out. pynetdicom's queue is unbounded:
+        a C-FIND handler yielding 100,000 matches ran ahead of the peer with all of them in
+        memory, and a C-CANCEL arriving after the last was generated (they are generated
+        faster than sent) changed nothing. The DUL thread itself never waits here."""
+        if threading.current_thread() is self:
+            return
+        while self.to_provider_queue.qsize() >= MAX_QUEUED and self.is_alive() and not self._kill_thread:
+            with self._room:
+                self._room_wanted = True
+                self._room.wait(DUL_IDLE_S)
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -167,7 +183,12 @@ class EventDrivenDul(DULServiceProvider):
         the last was sent. A pass with bytes waiting reads them instead of sending."""
         if self.to_provider_queue.qsize() and self._incoming():
             return False  # the loop goes on to _is_transport_event, which reads
-        return super()._process_recv_primitive()
+        sent = super()._process_recv_primitive()
+        if sent and self._room_wanted:
+            with self._room:
+                self._room_wanted = False
+                self._room.notify_all()
+        return sent
 
     def _incoming(self) -> bool:
         raw = getattr(self.socket, "socket", None)
