@@ -1206,6 +1206,7 @@ def probes() -> dict[str, list[tuple[str, Callable[[list[str]], bool]]]]:
         ],
         "dul": [  # pynetdicom's DUL reactor thread of the association: socket <-> PDUs
             ("DUL: poll sleep (pynetdicom's loop; radflow's has none)", leaf(dul_sleep)),
+            ("DUL: waiting in select() (radflow's loop)", has("_wait_for_io (")),
             ("DUL: receive + decode PDUs (_is_transport_event)", has("_is_transport_event (")),
             ("DUL: state machine actions (do_action)", has("do_action (")),
             ("DUL: encode + send PDUs (_process_recv_primitive)", has("_process_recv_primitive (")),
@@ -1230,7 +1231,7 @@ def summarize_pyspy(raw: str, n: int, rate: float, wall_s: float) -> dict[str, A
         best = max(scored, key=lambda t: scored[t], default=None)
         return best if best is not None and scored[best] else None
 
-    roles = {"handler": busiest("handle_store ("), "dul": busiest("run_reactor (pynetdicom/dul.py")}
+    roles = {"handler": busiest("handle_store ("), "dul": busiest("_is_transport_event (")}
     out: dict[str, Any] = {
         "samples": sum(totals.values()),
         "rate_hz": rate,
