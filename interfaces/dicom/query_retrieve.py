@@ -14,6 +14,7 @@ lets the service class finish with "no sub-operations", whose response is droppe
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import socket
@@ -643,8 +644,9 @@ class QueryRetrieve:
 
     def handle_requested(self, event: Any) -> None:
         """Let a C-GET requester take the Storage SCP role it proposed (PS3.7 D.3.3.4), on this
-        association's own copy of the AE's contexts. Explicit VR Little Endian goes first, so a
-        file received in it (the usual case) goes back unchanged."""
+        association's own copies of the AE's contexts (the list the association starts with
+        holds the server's own: server._copy_contexts). Explicit VR Little Endian goes first,
+        so a file received in it (the usual case) goes back unchanged."""
         assoc = event.assoc
         proposed = {str(c.abstract_syntax) for c in assoc.requestor.requested_contexts}
         if not proposed & set(GET_MODELS):
@@ -662,7 +664,9 @@ class QueryRetrieve:
                 context.scu_role, context.scp_role = False, True
                 supported[uid] = context
             else:
+                context = copy.copy(context)
                 context.scu_role, context.scp_role = True, True
+                supported[uid] = context
             # reordered in place: the setter validates every UID again with a regular
             # expression, 15 ms for the ~120 storage classes getscu proposes
             syntaxes = context._transfer_syntax
