@@ -100,14 +100,23 @@ def requests(draw: Any) -> Any:
     return primitive
 
 
-def pynetdicom_p_data(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
-    """pynetdicom's PDVs, in order (it sends one per P-DATA)."""
+def sent_by_pynetdicom(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
+    """The P-DATA primitives pynetdicom makes of `primitive`."""
     if primitive.MessageIDBeingRespondedTo is None:
         message = _RQ_TO_MESSAGE[primitive.__class__]()
     else:
         message = _RSP_TO_MESSAGE[primitive.__class__]()
     message.primitive_to_message(primitive)
-    return [pdv for p in message.encode_msg(context_id, max_pdu) for pdv in p.presentation_data_value_list]
+    return list(message.encode_msg(context_id, max_pdu))
+
+
+def pynetdicom_p_data(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
+    """pynetdicom's PDVs, in order (it sends one per P-DATA)."""
+    return [
+        pdv
+        for p in sent_by_pynetdicom(primitive, context_id, max_pdu)
+        for pdv in p.presentation_data_value_list
+    ]
 
 
 def ours(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
@@ -206,15 +215,6 @@ def fields(primitive: Any) -> dict[str, Any]:
         seen[dataset_keyword] = None if value is None else value.getvalue()
     seen["context"] = primitive._context_id
     return seen
-
-
-def sent_by_pynetdicom(primitive: Any, context_id: int, max_pdu: int) -> list[Any]:
-    if primitive.MessageIDBeingRespondedTo is None:
-        message = _RQ_TO_MESSAGE[primitive.__class__]()
-    else:
-        message = _RSP_TO_MESSAGE[primitive.__class__]()
-    message.primitive_to_message(primitive)
-    return list(message.encode_msg(context_id, max_pdu))
 
 
 @settings(max_examples=300, deadline=None)
