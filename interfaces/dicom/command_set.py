@@ -265,7 +265,14 @@ class DirectDimse(DIMSEServiceProvider):
             return
         incoming = incoming or Incoming()
         for context_id, fragment in primitive.presentation_data_value_list:
-            if incoming.add(context_id, fragment):
+            try:
+                complete = incoming.add(context_id, fragment)
+            except Exception as exc:  # a command set that cannot be read: end the association
+                LOGGER.error(f"Received an unreadable DIMSE command set: {type(exc).__name__}: {exc}")
+                self._incoming = None
+                self.dul.event_queue.put("Evt19")  # invalid PDU: the state machine aborts (AA-8)
+                return
+            if complete:
                 self._incoming = None
                 self._deliver(incoming)
                 counts[incoming.name.replace("_", "-")] += 1

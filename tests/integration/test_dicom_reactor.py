@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pynetdicom import AE, build_context
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from adapters.settings import Settings
@@ -109,3 +110,21 @@ def test_radflows_own_associations_wait_for_work_and_release_cleanly(radflow: Ru
     assert assoc.is_released
     row = wait_for(lambda: (r := radflow.association("RADFLOW-OUT"))["status"] != "open" and r)
     assert (row["status"], row["exchanged"]) == ("released", {"C-ECHO-RQ": 3})
+
+
+def test_an_unreadable_command_set_aborts_that_association_and_the_server_serves_on(radflow: Running) -> None:
+    assoc = scu("GARBLER").associate("127.0.0.1", radflow.port, ae_title="RADFLOW")
+    assert assoc.is_established
+    garbage = P_DATA()  # a command element claiming more bytes than the command set holds
+    garbage.presentation_data_value_list.append((1, b"\x03" + b"\x00\x00\x00\x01\xff\x00\x00\x00"))
+    assoc.dul.send_pdu(garbage)
+    wait_for(lambda: assoc.is_aborted, timeout=5)
+    assert (
+        wait_for(lambda: (r := radflow.association("GARBLER"))["status"] != "open" and r)["status"]
+        == "aborted"
+    )
+
+    again = scu("AFTERWARDS").associate("127.0.0.1", radflow.port, ae_title="RADFLOW")
+    assert again.is_established
+    assert again.send_c_echo().Status == 0x0000
+    again.release()

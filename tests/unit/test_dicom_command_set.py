@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import queue
+import struct
 from io import BytesIO
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydicom.tag import BaseTag
@@ -24,7 +28,15 @@ from pynetdicom.dimse_primitives import (
 )
 from pynetdicom.pdu_primitives import P_DATA
 
-from interfaces.dicom.command_set import Incoming, Unencodable, encode_message, p_data, to_primitive
+from interfaces.dicom.command_set import (
+    COMMAND_LAST,
+    DirectDimse,
+    Incoming,
+    Unencodable,
+    encode_message,
+    p_data,
+    to_primitive,
+)
 
 uids = st.from_regex(r"[1-9][0-9]{0,5}(\.(0|[1-9][0-9]{0,5})){1,9}", fullmatch=True)
 message_ids = st.integers(0, 0xFFFF)
@@ -242,3 +254,27 @@ def test_a_cancel_is_read_as_pynetdicom_reads_it() -> None:
     primitive.MessageIDBeingRespondedTo = 7
     pdatas = sent_by_pynetdicom(primitive, 1, 16384)
     assert fields(ours_received(pdatas)) == fields(pynetdicom_received(pdatas))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"\x00\x00\x00\x01\x04\x00\x00\x00",  # an element longer than the command set
+        struct.pack("<HHIH", 0, 0x0100, 2, 0x7777),  # a command field no DIMSE message has
+        struct.pack("<HHIH", 0, 0x0800, 2, 0x0101),  # no command field at all
+    ],
+    ids=["truncated", "unknown-command", "no-command-field"],
+)
+def test_an_unreadable_command_set_ends_the_association_instead_of_the_thread(command: bytes) -> None:
+    dimse = DirectDimse.__new__(DirectDimse)
+    dul = SimpleNamespace(event_queue=queue.Queue())
+    dimse.__dict__.update(
+        _assoc=SimpleNamespace(get_handlers=lambda _event: [], dul=dul), message=None, msg_queue=queue.Queue()
+    )
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((1, COMMAND_LAST + command))
+
+    dimse.receive_primitive(primitive)
+
+    assert dul.event_queue.get_nowait() == "Evt19"
+    assert dimse.msg_queue.empty()
