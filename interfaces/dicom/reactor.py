@@ -15,7 +15,8 @@ idle, kill), which is all pynetdicom's loops need the time for.
 
 What is copied from pynetdicom is `Association._run_reactor` and the DUL's loop, with their
 sleeps replaced by the waits, and the request path of `AE.associate` (for the associations
-radflow opens itself); the rest is reached through overridable methods. pyproject pins pynetdicom to 3.0.*.
+radflow opens itself); the rest is reached through overridable methods. pyproject pins
+pynetdicom to 3.0.*.
 """
 
 from __future__ import annotations

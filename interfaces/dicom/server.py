@@ -49,6 +49,11 @@ class AssociationLog(Protocol):
     def association_closed(self, association_id: int, status: str, exchanged: dict[str, int]) -> None: ...
 
 
+# writes association log rows beside the associations (AssociationTracker._accepted); one
+# per process, shared by its servers
+LOG_WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="association-log")
+
+
 def association_id(assoc: Any) -> int:
     """The association's row in the association log (0 when none is kept). The row is written
     while the association gets going (AssociationTracker._accepted): the first caller that
@@ -161,7 +166,6 @@ class AssociationTracker:
         self._config = config
         self._log = association_log
         self._on_end = list(on_end)
-        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="association-log")
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -194,7 +198,7 @@ class AssociationTracker:
             return
         # written beside the association, not before its first request: the commit (an fsync)
         # was 2.5 ms of every association's first reply (py-spy, 30 x echoscu)
-        event.assoc.radflow_opened = self._writer.submit(
+        event.assoc.radflow_opened = LOG_WRITER.submit(
             self._log.association_opened,
             calling,
             str(event.assoc.acceptor.ae_title).strip(),
