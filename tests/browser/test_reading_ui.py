@@ -179,7 +179,8 @@ def test_a_radiologist_claims_writes_and_signs_in_the_browser_and_the_peer_gets_
     assert house.locator("#patient-birth").inner_text() == "1971-03-04"
     assert house.locator("#patient-sex").inner_text() == "F"
     assert house.locator("#exam-state").inner_text() == "completed"
-    assert house.locator("#claim-state").inner_text().startswith("Claimed by you")
+    # the claim line is filled by the page's script after its own request: wait for it
+    expect(house.locator("#claim-state")).to_have_text(re.compile(r"^Claimed by you"))
     technique = house.locator('textarea[name="technique"]')
     house.wait_for_function("document.querySelector('textarea[name=technique]').value.length > 0")
     assert technique.input_value() == TECHNIQUE
