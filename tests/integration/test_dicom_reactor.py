@@ -37,6 +37,10 @@ class Running:
             lambda: next((r for r in self.log.associations() if r["calling_ae"] == calling_ae), None)
         )
 
+    def ended(self, calling_ae: str) -> dict[str, Any]:
+        """The association log's row of `calling_ae`, once its association has ended."""
+        return wait_for(lambda: (row := self.association(calling_ae))["status"] != "open" and row)
+
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
@@ -71,10 +75,7 @@ def test_an_association_silent_past_the_network_timeout_is_aborted(radflow: Runn
     assoc = scu("SILENT").associate("127.0.0.1", radflow.port, ae_title="RADFLOW")
     assert assoc.is_established
     wait_for(lambda: assoc.is_aborted, timeout=5)
-    assert (
-        wait_for(lambda: (r := radflow.association("SILENT"))["status"] != "open" and r)["status"]
-        == "aborted"
-    )
+    assert radflow.ended("SILENT")["status"] == "aborted"
 
 
 def test_a_release_is_answered_and_logged_with_what_was_exchanged(radflow: Running) -> None:
@@ -83,7 +84,7 @@ def test_a_release_is_answered_and_logged_with_what_was_exchanged(radflow: Runni
     assert [int(assoc.send_c_echo().Status) for _ in range(3)] == [0, 0, 0]
     assoc.release()
     assert assoc.is_released
-    row = wait_for(lambda: (r := radflow.association("RELEASER"))["status"] != "open" and r)
+    row = radflow.ended("RELEASER")
     assert (row["status"], row["exchanged"]) == ("released", {"C-ECHO-RQ": 3})
 
 
@@ -92,10 +93,7 @@ def test_a_peer_abort_ends_the_association_and_is_logged(radflow: Running) -> No
     assert assoc.is_established
     assert int(assoc.send_c_echo().Status) == 0
     assoc.abort()
-    assert (
-        wait_for(lambda: (r := radflow.association("ABORTER"))["status"] != "open" and r)["status"]
-        == "aborted"
-    )
+    assert radflow.ended("ABORTER")["status"] == "aborted"
 
 
 def test_radflows_own_associations_wait_for_work_and_release_cleanly(radflow: Running) -> None:
@@ -108,7 +106,7 @@ def test_radflows_own_associations_wait_for_work_and_release_cleanly(radflow: Ru
     assert [int(assoc.send_c_echo().Status) for _ in range(3)] == [0, 0, 0]
     assoc.release()
     assert assoc.is_released
-    row = wait_for(lambda: (r := radflow.association("RADFLOW-OUT"))["status"] != "open" and r)
+    row = radflow.ended("RADFLOW-OUT")
     assert (row["status"], row["exchanged"]) == ("released", {"C-ECHO-RQ": 3})
 
 
@@ -119,10 +117,7 @@ def test_an_unreadable_command_set_aborts_that_association_and_the_server_serves
     garbage.presentation_data_value_list.append((1, b"\x03" + b"\x00\x00\x00\x01\xff\x00\x00\x00"))
     assoc.dul.send_pdu(garbage)
     wait_for(lambda: assoc.is_aborted, timeout=5)
-    assert (
-        wait_for(lambda: (r := radflow.association("GARBLER"))["status"] != "open" and r)["status"]
-        == "aborted"
-    )
+    assert radflow.ended("GARBLER")["status"] == "aborted"
 
     again = scu("AFTERWARDS").associate("127.0.0.1", radflow.port, ae_title="RADFLOW")
     assert again.is_established
