@@ -295,8 +295,14 @@ class DirectDimse(DIMSEServiceProvider):
                 target=make_target(self.assoc._serve_request), args=(message, incoming.context_id)
             )
             thread.start()
-        else:
+        elif not self._served_on_receipt(message, incoming.context_id):
             self.msg_queue.put((incoming.context_id, message))
+
+    def _served_on_receipt(self, message: Any, context_id: int) -> bool:
+        """Whether the association served the message in the receiving thread (see
+        reactor.EventDrivenAssociation.serve_on_receipt); if not, it is queued."""
+        serve = getattr(self.assoc, "serve_on_receipt", None)
+        return bool(serve is not None and serve(message, context_id))
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):

@@ -4,22 +4,34 @@ association log, and the associations radflow opens itself work end to end."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pynetdicom import AE, build_context
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_context, evt
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from adapters.settings import Settings
 from adapters.sql import Database
 from adapters.storage_log import StorageLog
 from interfaces.dicom.reactor import EventDrivenAssociation, EventDrivenDul, associate
-from interfaces.dicom.server import start_dicom_server
+from interfaces.dicom.server import DicomService, start_dicom_server
+from tests.dicom_builders import StudySpec, ct_image
+
+FIND = PatientRootQueryRetrieveInformationModelFind
 
 
 @dataclass
@@ -123,3 +135,99 @@ def test_an_unreadable_command_set_aborts_that_association_and_the_server_serves
     assert again.is_established
     assert again.send_c_echo().Status == 0x0000
     again.release()
+
+
+@dataclass
+class Probe:
+    """A server whose C-STORE handler notes the thread it ran in, and whose C-FIND handler
+    holds until `release_find` is set."""
+
+    port: int
+    store_threads: list[threading.Thread]
+    release_find: threading.Event
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Iterator[Probe]:
+    stores: list[threading.Thread] = []
+    release_find = threading.Event()
+
+    def on_store(event: Any) -> int:
+        stores.append(threading.current_thread())
+        return 0x0000
+
+    def on_find(event: Any) -> Iterator[tuple[int, Any]]:
+        release_find.wait(10)
+        yield from ()  # no matches: the final response is Success
+
+    service = DicomService(
+        "probe", [CTImageStorage, FIND], [(evt.EVT_C_STORE, on_store), (evt.EVT_C_FIND, on_find)]
+    )
+    server = start_dicom_server(Settings(data_dir=tmp_path), [service], port=0)
+    try:
+        yield Probe(int(server.server_address[1]), stores, release_find)
+    finally:
+        release_find.set()
+        server.shutdown()
+
+
+def _probe_scu(port: int) -> Any:
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
+    ae.add_requested_context(FIND, ImplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADFLOW")
+    assert assoc.is_established
+    return assoc
+
+
+def _context_id(assoc: Any, sop_class: str) -> int:
+    return int(next(c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class).context_id)
+
+
+def test_a_c_store_is_served_by_the_thread_that_received_it(probe: Probe) -> None:
+    assoc = _probe_scu(probe.port)
+    image = ct_image(StudySpec("REACTOR1"), generate_uid(), 1)
+    assert [int(assoc.send_c_store(image).Status) for _ in range(2)] == [0, 0]
+    assoc.release()
+    assert len(probe.store_threads) == 2
+    assert all(isinstance(thread, EventDrivenDul) for thread in probe.store_threads), probe.store_threads
+
+
+def test_a_c_store_arriving_while_another_request_is_served_waits_its_turn(probe: Probe) -> None:
+    """A peer that does not wait for a response (asynchronous operations): the C-STORE must not
+    be served beside the C-FIND the association thread is serving, and is answered after it."""
+    assoc = _probe_scu(probe.port)
+    # the SCU's own reactor would take the responses: hold it, as pynetdicom's send_* methods do
+    assoc._reactor_checkpoint.clear()
+    wait_for(lambda: assoc._is_paused)
+    try:
+        find = C_FIND()
+        find.MessageID = 1
+        find.AffectedSOPClassUID = FIND
+        find.Priority = 0x0002
+        query = Dataset()
+        query.QueryRetrieveLevel = "PATIENT"
+        query.PatientID = "*"
+        find.Identifier = BytesIO(encode(query, True, True) or b"")
+        assoc.dimse.send_msg(find, _context_id(assoc, FIND))
+        time.sleep(0.2)  # the server's association thread is now in the C-FIND handler
+        image = ct_image(StudySpec("REACTOR1"), generate_uid(), 2)
+        store = C_STORE()
+        store.MessageID = 2
+        store.AffectedSOPClassUID = CTImageStorage
+        store.AffectedSOPInstanceUID = image.SOPInstanceUID
+        store.Priority = 0x0002
+        store.DataSet = BytesIO(encode(image, True, True) or b"")
+        assoc.dimse.send_msg(store, _context_id(assoc, CTImageStorage))
+        time.sleep(0.2)
+        assert probe.store_threads == [], "the C-STORE was served while the C-FIND was"
+        probe.release_find.set()
+        answers = [assoc.dimse.get_msg(block=True)[1] for _ in range(2)]
+    finally:
+        assoc._reactor_checkpoint.set()
+    assert [(type(a).__name__, a.MessageIDBeingRespondedTo, a.Status) for a in answers] == [
+        ("C_FIND", 1, 0),
+        ("C_STORE", 2, 0),
+    ]
+    assoc.release()
+    assert len(probe.store_threads) == 1 and not isinstance(probe.store_threads[0], EventDrivenDul)
