@@ -7,8 +7,11 @@ Statements are written with `?` placeholders and `{id}` / `{blob}` / `{now}` typ
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,66 @@ _TYPES = {
     "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB"},
     "postgres": {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA"},
 }
+
+
+WRITER_WAIT_S = 30.0  # as SQLite's busy_timeout below: then "database is locked"
+_writers = threading.local()  # this thread's held writer locks: SQLite path -> [fd, depth]
+_process_writers: dict[Path, threading.Lock] = {}
+_process_writers_lock = threading.Lock()
+
+
+@contextmanager
+def sqlite_writer_lock(path: Path) -> Iterator[None]:
+    """Writers of one SQLite file, one at a time: a thread lock within the process, then an
+    flock(2) of a file beside the database between processes. Left to SQLite, a writer
+    finding the file locked sleeps 1, 2, 5, 10 ... 100 ms between tries (its busy handler):
+    four DICOM associations in two processes, each committing a row per C-STORE, stored
+    little faster than one (bench/dicom.py). A thread waiting on the lock wakes when it is
+    released; between processes the wait polls at most 1 ms apart. Re-entrant within a
+    thread (a nested transaction then meets SQLite's own rule); gives up, as SQLite would,
+    after WRITER_WAIT_S."""
+    held: dict[Path, list[int]] = _writers.__dict__.setdefault("held", {})
+    entry = held.get(path)
+    if entry is not None:
+        entry[1] += 1
+        try:
+            yield
+        finally:
+            entry[1] -= 1
+        return
+    with _process_writers_lock:
+        in_process = _process_writers.setdefault(path, threading.Lock())
+    deadline = time.monotonic() + WRITER_WAIT_S
+    if not in_process.acquire(timeout=WRITER_WAIT_S):
+        raise sqlite3.OperationalError(f"database is locked: no write turn in {WRITER_WAIT_S:.0f} s")
+    try:
+        fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _flock(fd, deadline)
+            held[path] = [fd, 1]
+            try:
+                yield
+            finally:
+                del held[path]
+        finally:
+            os.close(fd)  # releases the flock
+    finally:
+        in_process.release()
+
+
+def _flock(fd: int, deadline: float) -> None:
+    pause = 0.00005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(
+                    f"database is locked: another process held it for {WRITER_WAIT_S:.0f} s"
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
 
 
 class Database:
@@ -108,13 +171,15 @@ class Database:
     def transaction(self) -> Iterator[Cursor]:
         with self._connection() as conn:
             if self.dialect == "sqlite":
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield Cursor(self, conn.cursor())
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+                assert self.path is not None
+                with sqlite_writer_lock(self.path):
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield Cursor(self, conn.cursor())
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
             else:
                 with conn.transaction(), conn.cursor() as cur:
                     yield Cursor(self, cur)
