@@ -41,7 +41,11 @@ that has only loopback (`unshare --net`, needs root), and both servers run there
 1.10.1 listens on 0.0.0.0 with no bind option. TCP_NODELAY=1 is in the environment of Orthanc
 and every DCMTK client for the main figures (Debian's DCMTK 3.6.7 keeps Nagle on otherwise).
 radflow runs as `radflow up` (Temporal dev server, worker, listen, api) on a fresh temporary data
-folder with free ports, RADFLOW_DICOM_PEERS pointing C-MOVE at the bench's storescp.
+folder with free ports, RADFLOW_DICOM_PEERS pointing C-MOVE at the bench's storescp, and
+RADFLOW_DICOM_PROCESSES=4 (--dicom-processes): one process per association of the
+four-association workloads, as the README advises for as many modalities sending at once. Two
+associations sharing a process cost about 40% more CPU per instance (their threads hand one
+GIL back and forth at every system call).
 
 Results: a table on stdout and bench/results/dicom-<timestamp>.json (+ .md). Exit 1 when a
 correctness check failed on Orthanc (the harness is then suspect); radflow failures are reported
@@ -1617,8 +1621,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--dicom-processes",
         type=int,
-        default=os.cpu_count() or 1,
-        help="RADFLOW_DICOM_PROCESSES for radflow (default: the machine's cores; --profile uses 1)",
+        default=max(os.cpu_count() or 1, 4),
+        help="RADFLOW_DICOM_PROCESSES for radflow (default: 4, one per association of the "
+        "four-association workloads, or the machine's cores if more; --profile uses 1)",
     )
     ap.add_argument("--no-netns", action="store_true", help="run on the host's loopback, not a private netns")
     ap.add_argument("--keep", action="store_true", help="keep radflow's data folders")
