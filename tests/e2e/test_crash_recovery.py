@@ -134,6 +134,7 @@ def test_instances_stored_by_a_listener_killed_mid_association_reach_their_exam_
     from pynetdicom import AE
 
     from tests.dicom_builders import StudySpec, ct_image
+    from tests.dicom_scu import associate
     from tests.e2e.test_storage import indexed
 
     _start(bare, "worker", "listen", "api")
@@ -145,7 +146,7 @@ def test_instances_stored_by_a_listener_killed_mid_association_reach_their_exam_
     series = "1.2.826.0.1.3680043.8.498.1"
     ae = AE(ae_title="CT01")
     ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", bare.dicom_port, ae_title="RADFLOW")
+    assoc = associate(ae, bare.dicom_port)
     assert assoc.is_established
     for number in range(1, 4):
         assert assoc.send_c_store(ct_image(study, series, number)).Status == 0x0000

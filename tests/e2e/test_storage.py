@@ -22,6 +22,7 @@ from pynetdicom import AE, _config
 
 from tests.conftest import Stack, running_stack
 from tests.dicom_builders import StudySpec, ct_image, write_series
+from tests.dicom_scu import associate
 from tests.e2e.mllp import exchange, history_types, order, parse_ack, wait_for_exam
 
 
@@ -238,7 +239,7 @@ def test_bad_instances_get_a_failure_status_with_a_reason_and_the_ae_keeps_servi
 
     ae = AE(ae_title="BADSCU")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", radflow.dicom_port, ae_title="RADFLOW")
+    assoc = associate(ae, radflow.dicom_port)
     assert assoc.is_established
     chunked = _config.STORE_SEND_CHUNKED_DATASET
     try:
@@ -255,7 +256,7 @@ def test_bad_instances_get_a_failure_status_with_a_reason_and_the_ae_keeps_servi
     assert all(f["reason"] for f in failures)
     assert not [p for p in radflow.data_dir.rglob("*") if p.name == "etc"]
     # the AE still stores good instances
-    assoc = ae.associate("127.0.0.1", radflow.dicom_port, ae_title="RADFLOW")
+    assoc = associate(ae, radflow.dicom_port)
     try:
         assert assoc.send_c_store(ct_image(study, generate_uid(), 4)).Status == 0x0000
     finally:

@@ -30,6 +30,7 @@ from adapters.storage_log import StorageLog
 from interfaces.dicom.reactor import EventDrivenAssociation, EventDrivenDul, associate
 from interfaces.dicom.server import DicomService, start_dicom_server
 from tests.dicom_builders import StudySpec, ct_image
+from tests.dicom_scu import associate as associate_scu
 
 FIND = PatientRootQueryRetrieveInformationModelFind
 
@@ -175,7 +176,7 @@ def _probe_scu(port: int) -> Any:
     ae = AE(ae_title="PROBE")
     ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
     ae.add_requested_context(FIND, ImplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADFLOW")
+    assoc = associate_scu(ae, port)
     assert assoc.is_established
     return assoc
 
@@ -196,35 +197,29 @@ def test_a_c_store_is_served_by_the_thread_that_received_it(probe: Probe) -> Non
 def test_a_c_store_arriving_while_another_request_is_served_waits_its_turn(probe: Probe) -> None:
     """A peer that does not wait for a response (asynchronous operations): the C-STORE must not
     be served beside the C-FIND the association thread is serving, and is answered after it."""
-    assoc = _probe_scu(probe.port)
-    # the SCU's own reactor would take the responses: hold it, as pynetdicom's send_* methods do
-    assoc._reactor_checkpoint.clear()
-    wait_for(lambda: assoc._is_paused)
-    try:
-        find = C_FIND()
-        find.MessageID = 1
-        find.AffectedSOPClassUID = FIND
-        find.Priority = 0x0002
-        query = Dataset()
-        query.QueryRetrieveLevel = "PATIENT"
-        query.PatientID = "*"
-        find.Identifier = BytesIO(encode(query, True, True) or b"")
-        assoc.dimse.send_msg(find, _context_id(assoc, FIND))
-        time.sleep(0.2)  # the server's association thread is now in the C-FIND handler
-        image = ct_image(StudySpec("REACTOR1"), generate_uid(), 2)
-        store = C_STORE()
-        store.MessageID = 2
-        store.AffectedSOPClassUID = CTImageStorage
-        store.AffectedSOPInstanceUID = image.SOPInstanceUID
-        store.Priority = 0x0002
-        store.DataSet = BytesIO(encode(image, True, True) or b"")
-        assoc.dimse.send_msg(store, _context_id(assoc, CTImageStorage))
-        time.sleep(0.2)
-        assert probe.store_threads == [], "the C-STORE was served while the C-FIND was"
-        probe.release_find.set()
-        answers = [assoc.dimse.get_msg(block=True)[1] for _ in range(2)]
-    finally:
-        assoc._reactor_checkpoint.set()
+    assoc = _probe_scu(probe.port)  # its reactor kept off the responses (tests/dicom_scu.py)
+    find = C_FIND()
+    find.MessageID = 1
+    find.AffectedSOPClassUID = FIND
+    find.Priority = 0x0002
+    query = Dataset()
+    query.QueryRetrieveLevel = "PATIENT"
+    query.PatientID = "*"
+    find.Identifier = BytesIO(encode(query, True, True) or b"")
+    assoc.dimse.send_msg(find, _context_id(assoc, FIND))
+    time.sleep(0.2)  # the server's association thread is now in the C-FIND handler
+    image = ct_image(StudySpec("REACTOR1"), generate_uid(), 2)
+    store = C_STORE()
+    store.MessageID = 2
+    store.AffectedSOPClassUID = CTImageStorage
+    store.AffectedSOPInstanceUID = image.SOPInstanceUID
+    store.Priority = 0x0002
+    store.DataSet = BytesIO(encode(image, True, True) or b"")
+    assoc.dimse.send_msg(store, _context_id(assoc, CTImageStorage))
+    time.sleep(0.2)
+    assert probe.store_threads == [], "the C-STORE was served while the C-FIND was"
+    probe.release_find.set()
+    answers = [assoc.dimse.get_msg(block=True)[1] for _ in range(2)]
     assert [(type(a).__name__, a.MessageIDBeingRespondedTo, a.Status) for a in answers] == [
         ("C_FIND", 1, 0),
         ("C_STORE", 2, 0),

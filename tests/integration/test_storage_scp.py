@@ -25,6 +25,7 @@ from interfaces.dicom.mpps import AlreadyLinked, NotQueued, UnknownAccession
 from interfaces.dicom.server import start_dicom_server
 from interfaces.dicom.storage import Flusher, link_study, storage_service
 from tests.dicom_builders import StudySpec, ct_image
+from tests.dicom_scu import associate
 from tests.integration.builders import orm, record
 
 
@@ -48,7 +49,7 @@ class Storage:
         """One association: the statuses, in order; released, so the batch is made."""
         ae = AE(ae_title=calling_ae)
         ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate("127.0.0.1", self.port, ae_title="RADFLOW")
+        assoc = associate(ae, self.port)
         assert assoc.is_established
         try:
             statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
