@@ -13,6 +13,10 @@ every put into its DIMSE message queue and the DUL's to-user queue (release and 
 arrive there). Both still wake every few milliseconds to look at their timers (ARTIM, network
 idle, kill), which is all pynetdicom's loops need the time for.
 
+A C-STORE request is served by the DUL thread that read it, when the association thread is
+idle (EventDrivenAssociation.serve_on_receipt): the request and its response no longer pass
+from one thread to the other and back.
+
 What is copied from pynetdicom is `Association._run_reactor` and the DUL's loop, with their
 sleeps replaced by the waits, and the request path of `AE.associate` (for the associations
 radflow opens itself); the rest is reached through overridable methods. pyproject pins
