@@ -289,7 +289,7 @@ class EventDrivenAssociation(Association):
             self.is_acceptor
             and isinstance(message, C_STORE)
             and message.is_valid_request
-            and self.is_established
+            and self.is_established  # set after EVT_ACCEPTED: the log row is under way
             and not self._sent_release
             and not self._serving
             and not self.dimse.msg_queue.qsize()
