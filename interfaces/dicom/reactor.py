@@ -297,7 +297,7 @@ class EventDrivenAssociation(Association):
         ):
             return False
         context = self._accepted_cx.get(context_id)
-        sop_class = message.AffectedSOPClassUID
+        sop_class = str(message.AffectedSOPClassUID)  # present: is_valid_request
         if context is None or sop_class in self.acceptor.accepted_common_extended:
             return False  # the association thread aborts, or maps the SOP class first
         if uid_to_service_class(sop_class) is not StorageServiceClass:
