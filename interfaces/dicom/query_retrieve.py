@@ -136,7 +136,7 @@ def read_stored(path: Path) -> tuple[str | None, bytes | memoryview]:
         return split_part10(raw)
     except ValueError:
         pass
-    with open(path, "rb") as fp:
+    with BytesIO(raw) as fp:  # already read: not opened a second time
         read_preamble(fp, False)
         meta = read_dataset(
             fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, *_: tag.group != 2
