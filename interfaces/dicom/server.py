@@ -215,10 +215,16 @@ class AssociationTracker:
         reason = getattr(event.assoc, "radflow_refusal", "") or "rejected during negotiation"
         log.warning("association rejected", extra={"calling_ae": calling, "peer": peer, "reason": reason})
         if self._log is not None:
-            try:
-                self._log.association_opened(calling, str(self._ae.ae_title), peer, "rejected", reason)
-            except Exception:
-                log.exception("could not log the rejected association")
+            LOG_WRITER.submit(self._log_rejected, self._log, calling, str(self._ae.ae_title), peer, reason)
+
+    @staticmethod
+    def _log_rejected(
+        association_log: AssociationLog, calling: str, called: str, peer: str, reason: str
+    ) -> None:
+        try:
+            association_log.association_opened(calling, called, peer, "rejected", reason)
+        except Exception:
+            log.exception("could not log the rejected association")
 
     def _released(self, event: Any) -> None:
         self._ended(event, "released")
@@ -227,11 +233,18 @@ class AssociationTracker:
         self._ended(event, "aborted")
 
     def _ended(self, event: Any, status: str) -> None:
-        assoc_id = association_id(event.assoc)
-        if not assoc_id:
-            return
+        """Handed to LOG_WRITER: pynetdicom counts an association against maximum_associations
+        until its thread ends, and this thread would wait for the log row's commits (fsyncs,
+        behind other writers). Eight findscu at a time on a slow disk then met 'local limit
+        exceeded' with 32 allowed, all of them released."""
         # counted by the association's DIMSE provider (command_set.DirectDimse), by message type
         exchanged = dict(getattr(event.assoc.dimse, "received", None) or {})
+        LOG_WRITER.submit(self._close, event.assoc, status, exchanged)
+
+    def _close(self, assoc: Any, status: str, exchanged: dict[str, int]) -> None:
+        assoc_id = association_id(assoc)  # its row was submitted first, so is written first
+        if not assoc_id:
+            return
         if self._log is not None:
             try:
                 self._log.association_closed(assoc_id, status, exchanged)

@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from adapters.settings import Settings
-from adapters.sql import Database
+from adapters.sql import Database, sqlite_writer_lock
 from adapters.storage_log import StorageLog
 from interfaces.dicom.reactor import EventDrivenAssociation, EventDrivenDul, associate
 from interfaces.dicom.server import DicomService, start_dicom_server
@@ -107,6 +107,27 @@ def test_a_peer_abort_ends_the_association_and_is_logged(radflow: Running) -> No
     assert int(assoc.send_c_echo().Status) == 0
     assoc.abort()
     assert radflow.ended("ABORTER")["status"] == "aborted"
+
+
+def test_released_associations_stop_counting_against_the_limit_while_their_log_rows_wait(
+    radflow: Running,
+) -> None:
+    """pynetdicom counts an association until its thread ends: a thread waiting to write its
+    log row kept a released association's place, and a slow disk turned peers away."""
+    radflow.server.ae.maximum_associations = 2
+    assert radflow.log.db.path is not None
+    with sqlite_writer_lock(radflow.log.db.path):  # the log's writes wait, as behind a slow fsync
+        for n in range(6):
+            assoc = scu(f"ROUND{n}").associate("127.0.0.1", radflow.port, ae_title="RADFLOW")
+            assert assoc.is_established, f"association {n} was rejected"
+            assert int(assoc.send_c_echo().Status) == 0
+            assoc.release()
+            assert assoc.is_released
+            wait_for(lambda: len(radflow.server.ae.active_associations) == 0, timeout=5)
+        assert radflow.log.associations() == []
+    for n in range(6):
+        row = radflow.ended(f"ROUND{n}")
+        assert (row["status"], row["exchanged"]) == ("released", {"C-ECHO-RQ": 1})
 
 
 def test_radflows_own_associations_wait_for_work_and_release_cleanly(radflow: Running) -> None:
