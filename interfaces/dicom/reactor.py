@@ -43,7 +43,8 @@ from pynetdicom._globals import DEFAULT_MAX_LENGTH, MODE_REQUESTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -107,6 +108,7 @@ class EventDrivenDul(DULServiceProvider):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        self._send_lock = threading.RLock()  # one PDU on the socket at a time (see _sent_now)
 
     def run_reactor(self) -> None:
         try:
@@ -151,10 +153,47 @@ class EventDrivenDul(DULServiceProvider):
             self.state_machine.do_action(event)
 
     def send_pdu(self, primitive: Any) -> None:
+        if primitive.__class__ is P_DATA and self._sent_now(primitive):
+            return
         self._wait_for_room()
         super().send_pdu(primitive)
         if self._waiting:  # set before the DUL looks at its queues: it saw this put, or is poked
             self._poke()
+
+    def _sent_now(self, primitive: P_DATA) -> bool:
+        """Send a P-DATA on the caller's thread when nothing is ahead of it: the DUL thread
+        waits in select() having sent all it took from its queue, the queues are empty, the
+        association is established (Sta6, where P-DATA changes no state) and the peer has
+        nothing unread. Queued, each C-FIND response cost a poke, the DUL's wake-up and a pass
+        of its state machine. Anything else, or any doubt, goes through the queue; so do the
+        DUL thread's own sends (a C-STORE response served on receipt), which cost no wake-up."""
+        if not self._waiting or threading.current_thread() is self:
+            return False
+        with self._send_lock:
+            if (
+                not self._waiting
+                or self.to_provider_queue.qsize()
+                or self.event_queue.qsize()
+                or self.state_machine.current_state != "Sta6"
+                or self._incoming()  # the peer said something (a C-CANCEL?): the DUL reads it first
+            ):
+                return False
+            pdu = P_DATA_TF(primitive)
+            data = pdu.encode()
+            raw = cast(socket.socket, cast(AssociationSocket, self.socket).socket)
+            try:
+                raw.sendall(data)
+            except OSError:  # closed, or timed out part-sent: no more goes out on it; the DUL's
+                with contextlib.suppress(OSError):  # read finds out (an Evt17 queued from here
+                    raw.shutdown(socket.SHUT_RDWR)  # could reach a DUL already back in Sta1)
+                return True
+            evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": data})
+            evt.trigger(self.assoc, evt.EVT_PDU_SENT, {"pdu": pdu})
+        return True
+
+    def _send(self, pdu: Any) -> None:
+        with self._send_lock:  # the DUL's own sends (queued PDUs, aborts) and _sent_now's
+            super()._send(pdu)
 
     def _wait_for_room(self) -> None:
         """Hold a sender while MAX_QUEUED PDUs wait to go out. pynetdicom's queue is unbounded:
