@@ -15,7 +15,9 @@ idle, kill), which is all pynetdicom's loops need the time for.
 
 A C-STORE request is served by the DUL thread that read it, when the association thread is
 idle (EventDrivenAssociation.serve_on_receipt): the request and its response no longer pass
-from one thread to the other and back.
+from one thread to the other and back. The other way round, a response (or a C-MOVE's C-STORE
+request) made by another thread is written to the socket by that thread when the DUL thread
+waits with nothing queued (EventDrivenDul._sent_now), instead of being queued for it.
 
 What is copied from pynetdicom is `Association._run_reactor` and the DUL's loop, with their
 sleeps replaced by the waits, and the request path of `AE.associate` (for the associations
