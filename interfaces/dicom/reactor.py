@@ -178,11 +178,11 @@ class EventDrivenDul(DULServiceProvider):
                 or self.event_queue.qsize()
                 or self.state_machine.current_state != "Sta6"
                 or self._incoming()  # the peer said something (a C-CANCEL?): the DUL reads it first
-            ):
+                or isinstance(raw := getattr(self.socket, "socket", None), ssl.SSLSocket | None)
+            ):  # TLS: one SSL object must not write in one thread while the DUL reads in another
                 return False
             pdu = P_DATA_TF(primitive)
             data = pdu.encode()
-            raw = cast(socket.socket, cast(AssociationSocket, self.socket).socket)
             try:
                 raw.sendall(data)
             except OSError:  # closed, or timed out part-sent: no more goes out on it; the DUL's
