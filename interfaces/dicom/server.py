@@ -53,6 +53,10 @@ class AssociationLog(Protocol):
 # writes association log rows beside the associations (AssociationTracker._accepted); one
 # per process, shared by its servers
 LOG_WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="association-log")
+# an ended association's closing row and end hooks (storage batches what it received, in one
+# transaction over all its instances): apart, so that they never hold up a new association's
+# opened row, which its first C-STORE waits for
+ENDINGS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="association-end")
 
 
 def association_id(assoc: Any) -> int:
@@ -233,16 +237,16 @@ class AssociationTracker:
         self._ended(event, "aborted")
 
     def _ended(self, event: Any, status: str) -> None:
-        """Handed to LOG_WRITER: pynetdicom counts an association against maximum_associations
+        """Handed to ENDINGS: pynetdicom counts an association against maximum_associations
         until its thread ends, and this thread would wait for the log row's commits (fsyncs,
         behind other writers). Eight findscu at a time on a slow disk then met 'local limit
         exceeded' with 32 allowed, all of them released."""
         # counted by the association's DIMSE provider (command_set.DirectDimse), by message type
         exchanged = dict(getattr(event.assoc.dimse, "received", None) or {})
-        LOG_WRITER.submit(self._close, event.assoc, status, exchanged)
+        ENDINGS.submit(self._close, event.assoc, status, exchanged)
 
     def _close(self, assoc: Any, status: str, exchanged: dict[str, int]) -> None:
-        assoc_id = association_id(assoc)  # its row was submitted first, so is written first
+        assoc_id = association_id(assoc)  # waits for LOG_WRITER to write the opened row
         if not assoc_id:
             return
         if self._log is not None:
