@@ -110,7 +110,9 @@ class EventDrivenDul(DULServiceProvider):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._send_lock = threading.RLock()  # one PDU on the socket at a time (see _sent_now)
+        # one PDU on the socket at a time (see _sent_now); re-entrant: EVT_PDU_SENT handlers run
+        # while it is held, and one may send again
+        self._send_lock = threading.RLock()
 
     def run_reactor(self) -> None:
         try:
@@ -177,9 +179,10 @@ class EventDrivenDul(DULServiceProvider):
                 or self.to_provider_queue.qsize()
                 or self.event_queue.qsize()
                 or self.state_machine.current_state != "Sta6"
-                or self._incoming()  # the peer said something (a C-CANCEL?): the DUL reads it first
+                # TLS: one SSL object must not write in one thread while the DUL reads in another
                 or isinstance(raw := getattr(self.socket, "socket", None), ssl.SSLSocket | None)
-            ):  # TLS: one SSL object must not write in one thread while the DUL reads in another
+                or self._incoming()  # the peer said something (a C-CANCEL?): the DUL reads it first
+            ):  # (the one system call, select(), last)
                 return False
             pdu = P_DATA_TF(primitive)
             data = pdu.encode()
