@@ -33,6 +33,7 @@ WRITER_WAIT_S = 30.0  # as SQLite's busy_timeout below: then "database is locked
 _writers = threading.local()  # this thread's held writer locks: SQLite path -> [fd, depth]
 _process_writers: dict[Path, threading.Lock] = {}
 _process_writers_lock = threading.Lock()
+_lock_files: dict[Path, tuple[int, int]] = {}  # SQLite path -> (process id, lock file descriptor)
 
 
 @contextmanager
@@ -60,18 +61,29 @@ def sqlite_writer_lock(path: Path) -> Iterator[None]:
     if not in_process.acquire(timeout=WRITER_WAIT_S):
         raise sqlite3.OperationalError(f"database is locked: no write turn in {WRITER_WAIT_S:.0f} s")
     try:
-        fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _lock_file(path)
+        _flock(fd, deadline)
+        held[path] = [fd, 1]
         try:
-            _flock(fd, deadline)
-            held[path] = [fd, 1]
-            try:
-                yield
-            finally:
-                del held[path]
+            yield
         finally:
-            os.close(fd)  # releases the flock
+            del held[path]
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         in_process.release()
+
+
+def _lock_file(path: Path) -> int:
+    """The lock file's descriptor, opened once per process (an open and a close per commit
+    were two of the C-STORE's system calls). Keyed by process as well: a child started by
+    fork must not share its parent's open file, whose flock is one lock for both. The caller
+    holds the path's in-process lock."""
+    pid = os.getpid()
+    opened = _lock_files.get(path)
+    if opened is None or opened[0] != pid:
+        opened = (pid, os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        _lock_files[path] = opened
+    return opened[1]
 
 
 def _flock(fd: int, deadline: float) -> None:

@@ -4,6 +4,7 @@ and a writer that never gets its turn is told so, as SQLite would tell it."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -114,3 +115,30 @@ def test_a_nested_write_on_the_same_file_is_not_a_deadlock_of_the_lock(
         ):
             inner.execute("INSERT INTO turns (who) VALUES ('inner')")
     assert [r["who"] for r in db.query("SELECT who FROM turns")] == ["outer"]
+
+
+def test_a_forked_child_waits_for_its_parents_turn_and_the_parent_for_its_childs(tmp_path: Path) -> None:
+    """Each process opens the lock file once and keeps it; a child made by fork must not write
+    through its parent's open file, whose flock would then be one lock for both."""
+    db = _database(tmp_path)
+    with db.transaction() as cur:  # this process has its lock file open now
+        cur.execute("INSERT INTO turns (who) VALUES ('before the fork')")
+    ready, told = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's coverage is not collected)
+        code = 1
+        try:
+            with Database("sqlite", path=db.path).transaction() as cur:
+                cur.execute("INSERT INTO turns (who) VALUES ('child')")
+                os.write(told, b"in")
+                time.sleep(0.5)
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.read(ready, 2) == b"in"
+    asked = time.monotonic()
+    with sql.sqlite_writer_lock(db.path):
+        waited = time.monotonic() - asked
+    assert os.waitpid(child, 0)[1] == 0
+    assert waited > 0.3, f"the parent took its turn while the child held it (after {waited:.3f} s)"
+    assert [r["who"] for r in db.query("SELECT who FROM turns ORDER BY id")] == ["before the fork", "child"]
