@@ -94,12 +94,18 @@ def _uid(header: dict[str, str], keyword: str) -> str:
 
 
 def durable_write(path: Path, data: bytes) -> None:
-    """Write, fsync, rename into place, fsync the directory (and any directory just created),
-    so that a crash after this returns still finds the file under its name."""
-    created = [p for p in (path.parent.parent.parent, path.parent.parent, path.parent) if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Write, fsync, rename into place, fsync the directory, so that a crash after this returns
+    still finds the file under its name. The folders are made when the open finds them
+    missing, not checked before every write (four system calls per instance); a series folder
+    new to this process has its own entry and its study's made durable once."""
+    folder = path.parent
+    partial = folder / f".{path.name}.{threading.get_ident()}.partial"
+    try:
+        fd = os.open(partial, _NEW_FILE, 0o644)
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
+        _durable_folders.discard(folder)  # known once, but removed since: its entry is new
+        fd = os.open(partial, _NEW_FILE, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -108,12 +114,28 @@ def durable_write(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(partial, path)
-    for directory in {path.parent, *(p.parent for p in created)}:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    _fsync_directory(folder)
+    if folder not in _durable_folders:
+        # made by this write, by another association or by an earlier run that may have
+        # stopped before its fsync: the study folder holds the series' entry, the root the study's
+        _fsync_directory(folder.parent)
+        _fsync_directory(folder.parent.parent)
+        if len(_durable_folders) >= DURABLE_FOLDERS_KEPT:
+            _durable_folders.clear()  # forgetting costs two fsyncs per series, once
+        _durable_folders.add(folder)
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+DURABLE_FOLDERS_KEPT = 4096
+_durable_folders: set[Path] = set()  # series folders whose entries are known to be on disk
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class StorageScp:
