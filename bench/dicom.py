@@ -21,6 +21,10 @@ Workloads (each against a FRESH, empty server per ingest run; DCMTK clients for 
           whose count differs is marked failed, whatever the client's exit code said.
   stock   radflow and Orthanc with a stock DCMTK storescu (no TCP_NODELAY in the client's
           environment), 200 small instances: radflow sets TCP_NODELAY on its accepted sockets.
+  flushes the same 200 instances over one association with strace on the receive path:
+          fsync/fdatasync calls per instance by what they flushed (the stored file, the folder
+          holding its entry, the index database). This is the durability each server buys, in
+          device round trips; strace slows both, so these runs give no rate.
   query   after each small single-association run, on that server: C-ECHO (echoscu per call:
           the cost of process + association), C-FIND study level by
           PatientID (one findscu process per query, and one reused association with
@@ -123,7 +127,8 @@ def bench_python() -> Path:
 
 
 def ensure_tools(want_pyspy: bool) -> None:
-    need = [p for p, exe in (("orthanc", "Orthanc"), ("dcmtk", "storescu")) if shutil.which(exe) is None]
+    tools = (("orthanc", "Orthanc"), ("dcmtk", "storescu"), ("strace", "strace"))
+    need = [p for p, exe in tools if shutil.which(exe) is None]
     if (
         subprocess.run(["dpkg", "-s", "orthanc"], capture_output=True).returncode != 0
         and "orthanc" not in need
@@ -993,6 +998,44 @@ def running(server: Server) -> Iterator[Server]:
 
 
 # --------------------------------------------------------------------------------------------
+# what each server flushes to the disk per stored instance
+
+FLUSH_CALL = re.compile(r"\b(fsync|fdatasync)\(\d+<([^>]*)>\)")
+FLUSH_KINDS = ("file", "directory", "database", "other")
+
+
+def flush_kind(path: str) -> str:
+    """What a flushed descriptor was, from the name strace -y gave it."""
+    if os.path.isdir(path):
+        return "directory"
+    if re.search(r"(\.sqlite|/index)(-wal|-journal)?$", path):
+        return "database"  # radflow's SQLite files; Orthanc's index
+    if ".dcm" in path or "/storage/" in path:
+        return "file"  # radflow's <sop>.dcm (as its .partial name); Orthanc's storage area
+    return "other"
+
+
+def count_flushes(server: Server, data: DataSet, logs: Path, res: Results) -> None:
+    """fsync(2) and fdatasync(2) calls on the receive path during an ingest over one
+    association, by what they flushed: the durability each server buys per instance, and
+    the device round trips it pays for it. strace slows the server: no rate is taken here."""
+    trace = logs / f"strace-flushes-{server.name}.txt"
+    argv = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace)]
+    for pid in server.receiving().values():
+        argv += ["-p", str(pid)]
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached to every thread by then
+    try:
+        ingest(server, data, 1, NODELAY, "flushes", res, logs)
+        time.sleep(0.5)  # the last answer has gone out; nothing flushed after it counts anyway
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    counts = Counter(flush_kind(m.group(2)) for m in FLUSH_CALL.finditer(trace.read_text(errors="replace")))
+    for kind in FLUSH_KINDS:
+        res.add(f"{server.name}.flushes.{kind}", counts[kind] / len(data.files))
+
+
 # profiling radflow's receive path with py-spy
 
 
@@ -1382,6 +1425,16 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                             ingest(server, subset, 1, {}, "ingest.stock", res, logs)
 
                     guarded(res, f"{server.name}.ingest.stock", stock)
+        if not args.skip_flushes:
+            subset = small.subset(STOCK_SUBSET_STUDIES)
+            for server in servers:
+                log(f"flushes per instance (strace): {server.name}")
+
+                def flushes(server: Server = server) -> None:
+                    with running(server):
+                        count_flushes(server, subset, logs, res)
+
+                guarded(res, f"{server.name}.flushes", flushes)
         if args.profile and radflow in servers:
             log("profiling radflow listen with py-spy (2 extra ingest runs)")
             guarded(res, "radflow.profile", lambda: profile_ingest(radflow, small, logs, res))
@@ -1486,6 +1539,18 @@ def build_report(result: dict[str, Any]) -> str:
             row(f"ingest {label}, {a}: peak RSS MB, all processes", k + ".rss_all_MB", 0, "less")
             row(f"ingest {label}, {a}: radflow indexed s after ACKs", k + ".indexed_after_s", 1, "none")
     row("ingest 200 × ~35 KB, stock storescu (Nagle on at the client): inst/s", "ingest.stock.inst_s", 1)
+    for kind, what in (
+        ("file", "the stored file"),
+        ("directory", "folders (the file's entry)"),
+        ("database", "index / log database"),
+        ("other", "anything else"),
+    ):
+        row(
+            f"flushes per instance (fsync/fdatasync, 200 × ~35 KB, 1 assoc): {what}",
+            f"flushes.{kind}",
+            2,
+            "none",
+        )
     for key, label in (
         ("echo.ms", "C-ECHO, echoscu per call (process+assoc+release) ms"),
         ("cfind.findscu.ms", "C-FIND study by PatientID, findscu per query (process+assoc) ms"),
@@ -1617,6 +1682,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", default="1,4", help="associations per ingest workload (1,4)")
     ap.add_argument("--skip-queries", action="store_true")
     ap.add_argument("--skip-stock", action="store_true")
+    ap.add_argument(
+        "--skip-flushes", action="store_true", help="no strace count of fsync/fdatasync per instance"
+    )
     ap.add_argument("--profile", action="store_true", help="py-spy the radflow listen process (2 extra runs)")
     ap.add_argument(
         "--dicom-processes",
@@ -1633,7 +1701,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:  # py-spy watches the listen process: every association must land there
         args.dicom_processes = 1
     if args.quick:
-        args.runs, args.nq, args.nret, args.skip_stock = 1, 10, 3, True
+        args.runs, args.nq, args.nret, args.skip_stock, args.skip_flushes = 1, 10, 3, True, True
 
     if not args.in_netns:
         if not (Path(sys.executable).parent / "temporal").exists() and not shutil.which("temporal"):
