@@ -14,6 +14,7 @@ lets the service class finish with "no sub-operations", whose response is droppe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import queue
@@ -60,7 +61,7 @@ from interfaces.dicom.pacs_query import (
     select,
     select_instances,
 )
-from interfaces.dicom.reactor import associate
+from interfaces.dicom.reactor import EventDrivenDul, associate
 from interfaces.dicom.server import DicomService, association_id
 from interfaces.dicom.status import status
 from interfaces.dicom.worklist import character_set, requested_character_sets
@@ -155,12 +156,14 @@ class StoreSender:
 
     Responses are taken from the DIMSE queue by the waiting thread only: for an association
     radflow requested, `guard_reactor` keeps pynetdicom's reactor thread off that queue (#875);
-    for C-GET the handler runs on the reactor thread itself."""
+    for C-GET the handler runs on the reactor thread itself. Inside `replies_read_here`, the
+    waiting thread also reads them off the socket (EventDrivenDul.lent)."""
 
     def __init__(self, assoc: Any, originator: tuple[str, int] | None = None) -> None:
         self.assoc = assoc
         self.originator = originator
         self._next_id = 0
+        self._dul: EventDrivenDul | None = None  # lent to this thread
         contexts: dict[tuple[str, str], int] = {}
         for context in assoc.accepted_contexts:
             if context.as_scu:
@@ -223,11 +226,33 @@ class StoreSender:
         )
         return target[1], encoded
 
+    @contextlib.contextmanager
+    def replies_read_here(self) -> Iterator[None]:
+        dul = self.assoc.dul
+        if not isinstance(dul, EventDrivenDul):
+            yield
+            return
+        with dul.lent() as lent:
+            self._dul = dul if lent else None
+            try:
+                yield
+            finally:
+                self._dul = None
+
+    def _next_reply(self) -> Any:
+        """The next DIMSE message: read here by the DUL's passes when it is lent, else taken
+        from the queue the DUL thread fills. queue.Empty after 0.2 s of nothing."""
+        replies = self.assoc.dimse.msg_queue
+        if self._dul is None:
+            return replies.get(timeout=0.2)[1]
+        self._dul.serve(lambda: bool(replies.qsize()) or _gone(self.assoc), 0.2)
+        return replies.get(block=False)[1]
+
     def _response(self, message_id: int, sop_instance: str) -> Outcome:
         deadline = time.monotonic() + STORE_TIMEOUT_S
         while True:
             try:
-                _, response = self.assoc.dimse.msg_queue.get(timeout=0.2)
+                response = self._next_reply()
             except queue.Empty:
                 if _gone(self.assoc):
                     raise PeerGone("the association ended while waiting for a C-STORE response") from None
@@ -548,7 +573,9 @@ class QueryRetrieve:
             return
         started = time.perf_counter()
         if destination is None:
-            self._send_all(event, responder, tally, StoreSender(event.assoc), rows)
+            sender = StoreSender(event.assoc)
+            with sender.replies_read_here():
+                self._send_all(event, responder, tally, sender, rows)
         else:
             self._move(event, responder, tally, destination, rows)
         self._record(event, name, destination, rows, tally)
@@ -608,8 +635,10 @@ class QueryRetrieve:
             return
         guard_reactor(assoc)
         originator = (str(event.assoc.requestor.ae_title).strip(), int(event.request.MessageID))
+        sender = StoreSender(assoc, originator)
         try:
-            self._send_all(event, responder, tally, StoreSender(assoc, originator), rows)
+            with sender.replies_read_here():
+                self._send_all(event, responder, tally, sender, rows)
         finally:
             if assoc.is_established:
                 assoc.release()

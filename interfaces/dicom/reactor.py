@@ -36,6 +36,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, cast
 
@@ -65,15 +66,18 @@ MAX_QUEUED = 16  # PDUs waiting to be sent before a sender is held (see _wait_fo
 
 
 class WakingQueue(queue.Queue):  # type: ignore[type-arg]
-    """A queue that sets `wake` after every put."""
+    """A queue that sets `wake` after every put, unless `quiet` (the thread that will take
+    from it is the one putting: see EventDrivenDul.lent)."""
 
     def __init__(self, wake: threading.Event) -> None:
         super().__init__()
         self._wake = wake
+        self.quiet = False
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self._wake.set()
+        if not self.quiet:
+            self._wake.set()
 
 
 class ReadingSocket(AssociationSocket):
@@ -113,6 +117,11 @@ class EventDrivenDul(DULServiceProvider):
         # one PDU on the socket at a time (see _sent_now); re-entrant: EVT_PDU_SENT handlers run
         # while it is held, and one may send again
         self._send_lock = threading.RLock()
+        # lending (see lent): the borrower asks, the DUL thread parks between two passes
+        self._lending = threading.Condition()
+        self._lend_wanted = False
+        self._parked = False
+        self._borrower: threading.Thread | None = None
 
     def run_reactor(self) -> None:
         try:
@@ -131,57 +140,134 @@ class EventDrivenDul(DULServiceProvider):
                 self.assoc._dul_ready.set()
             if self._kill_thread:
                 break
-            if self.artim_timer.expired:
-                self.event_queue.put("Evt18")
-            try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
-            except Exception as exc:  # as pynetdicom: abort at once, bypassing the state machine
-                LOGGER.error("Exception in DUL.run(), aborting association")
-                LOGGER.exception(exc)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                cast(AssociationSocket, self.socket).send(abort_pdu.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                self.assoc._kill = True
-                self._kill_thread = True
-                return
-            try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
+            if self._lend_wanted:
+                self._park()
                 continue
-            self.state_machine.do_action(event)
+            if not self._pass():
+                return
+
+    def _pass(self) -> bool:
+        """One pass of the loop: send or read one PDU, then act on one event. False: an
+        exception aborted the association (as pynetdicom, at once, bypassing the state machine)."""
+        if self.artim_timer.expired:
+            self.event_queue.put("Evt18")
+        try:
+            if self._process_recv_primitive():
+                pass
+            elif self._is_transport_event():
+                self._idle_timer.restart()
+        except Exception as exc:
+            LOGGER.error("Exception in DUL.run(), aborting association")
+            LOGGER.exception(exc)
+            abort_pdu = A_ABORT_RQ()
+            abort_pdu.source = 0x02
+            abort_pdu.reason_diagnostic = 0x00
+            cast(AssociationSocket, self.socket).send(abort_pdu.encode())
+            self.assoc.is_aborted = True
+            self.assoc.is_established = False
+            self.assoc._kill = True
+            self._kill_thread = True
+            return False
+        try:
+            event = self.event_queue.get(block=False)
+        except queue.Empty:
+            return True
+        self.state_machine.do_action(event)
+        return True
+
+    # --- lending: the DUL's passes on the thread that waits for the replies --------------------
+
+    @contextlib.contextmanager
+    def lent(self) -> Iterator[bool]:
+        """Inside, the calling thread runs the DUL's passes itself (`serve`), and the DUL thread
+        parks between two of its passes. For a thread that sends requests one at a time and
+        waits for each reply (C-STORE sub-operations of a C-MOVE or C-GET): otherwise the DUL
+        thread wakes for each reply, reads it, queues it and wakes the waiting thread, under the
+        one GIL. Yields False, lending nothing, when the DUL thread does not park within a
+        second (or has ended): the caller then waits on the queue as before."""
+        me = threading.current_thread()
+        if me is self or self._borrower is not None or not self.is_alive():
+            yield False
+            return
+        with self._lending:
+            self._lend_wanted = True
+        self._poke()  # out of its select(), to the top of its loop
+        with self._lending:
+            self._lending.wait_for(lambda: self._parked or self._kill_thread or not self.is_alive(), 1.0)
+            parked = self._parked
+            if not parked:
+                self._lend_wanted = False
+                self._lending.notify_all()
+        if not parked:
+            yield False
+            return
+        queued = self.assoc.dimse.msg_queue
+        replies = queued if isinstance(queued, WakingQueue) else None
+        self._borrower = me
+        if replies is not None:  # the association thread has nothing to take: no wake-up
+            replies.quiet = True
+        try:
+            yield True
+        finally:
+            if replies is not None:
+                replies.quiet = False
+            self._borrower = None
+            with self._lending:
+                self._lend_wanted = False
+                self._lending.notify_all()
+
+    def serve(self, done: Callable[[], bool], timeout: float) -> None:
+        """The borrower's wait: passes until done() (or the DUL ends, or `timeout`)."""
+        assert self._borrower is threading.current_thread(), "serve() outside lent()"
+        deadline = time.monotonic() + timeout
+        while not done() and not self._kill_thread and time.monotonic() < deadline:
+            if not self._pass():
+                return
+
+    def _park(self) -> None:
+        with self._lending:
+            self._parked = True
+            self._lending.notify_all()
+            while self._lend_wanted and not self._kill_thread:
+                self._lending.wait(1.0)  # kill_dul and the lender's end notify
+            self._parked = False
 
     def send_pdu(self, primitive: Any) -> None:
-        if primitive.__class__ is P_DATA and self._sent_now(primitive):
+        lent = self._borrower is threading.current_thread()
+        if primitive.__class__ is P_DATA and self._sent_now(primitive, lent):
+            return
+        if lent:  # no DUL thread to send it: the borrower's own passes do, before it goes on
+            super().send_pdu(primitive)
+            while self.to_provider_queue.qsize() and not self._kill_thread and self._pass():
+                pass
             return
         self._wait_for_room()
         super().send_pdu(primitive)
         if self._waiting:  # set before the DUL looks at its queues: it saw this put, or is poked
             self._poke()
 
-    def _sent_now(self, primitive: P_DATA) -> bool:
+    def _sent_now(self, primitive: P_DATA, lent: bool = False) -> bool:
         """Send a P-DATA on the caller's thread when nothing is ahead of it: the DUL thread
-        waits in select() having sent all it took from its queue, the queues are empty, the
-        association is established (Sta6, where P-DATA changes no state) and the peer has
-        nothing unread. Queued, each C-FIND response cost a poke, the DUL's wake-up and a pass
-        of its state machine. Anything else, or any doubt, goes through the queue; so do the
-        DUL thread's own sends (a C-STORE response served on receipt), which cost no wake-up."""
-        if not self._waiting or threading.current_thread() is self:
+        waits in select() having sent all it took from its queue (or is parked, lent to this
+        thread), the queues are empty, the association is established (Sta6, where P-DATA
+        changes no state) and the peer has nothing unread. Queued, each C-FIND response cost a
+        poke, the DUL's wake-up and a pass of its state machine. Anything else, or any doubt,
+        goes through the queue; so do the DUL thread's own sends (a C-STORE response served on
+        receipt), which cost no wake-up."""
+        if not (lent or self._waiting) or threading.current_thread() is self:
             return False
         with self._send_lock:
+            raw = getattr(self.socket, "socket", None)
             if (
-                not self._waiting
+                not (lent or self._waiting)
                 or self.to_provider_queue.qsize()
                 or self.event_queue.qsize()
                 or self.state_machine.current_state != "Sta6"
-                # TLS: one SSL object must not write in one thread while the DUL reads in another
-                or isinstance(raw := getattr(self.socket, "socket", None), ssl.SSLSocket | None)
-                or self._incoming()  # the peer said something (a C-CANCEL?): the DUL reads it first
+                or raw is None
+                # TLS: one SSL object must not write in one thread while the DUL reads in
+                # another; lent, this thread is the only one using it
+                or (isinstance(raw, ssl.SSLSocket) and not lent)
+                or self._incoming()  # the peer said something (a C-CANCEL?): it is read first
             ):  # (the one system call, select(), last)
                 return False
             pdu = P_DATA_TF(primitive)
@@ -215,6 +301,8 @@ class EventDrivenDul(DULServiceProvider):
     def kill_dul(self) -> None:
         super().kill_dul()
         self._poke()
+        with self._lending:  # a parked DUL thread ends too
+            self._lending.notify_all()
 
     def stop_dul(self) -> bool:
         """pynetdicom's, but the thread is woken and joined, not spun on with sleep(0)."""
@@ -222,6 +310,8 @@ class EventDrivenDul(DULServiceProvider):
             return False
         self._kill_thread = True
         self._poke()
+        with self._lending:
+            self._lending.notify_all()
         if self.is_alive() and threading.current_thread() is not self:
             self.join()
         return True
@@ -261,7 +351,12 @@ class EventDrivenDul(DULServiceProvider):
             return True
         self._waiting = True
         try:
-            if not (self.event_queue.qsize() or self.to_provider_queue.qsize() or self._kill_thread):
+            if not (
+                self.event_queue.qsize()
+                or self.to_provider_queue.qsize()
+                or self._kill_thread
+                or (self._lend_wanted and threading.current_thread() is self)
+            ):
                 self._wait_for_io()
         finally:
             self._waiting = False

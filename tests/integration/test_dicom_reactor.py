@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dsutils import encode
@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from adapters.settings import Settings
 from adapters.sql import Database, sqlite_writer_lock
 from adapters.storage_log import StorageLog
+from interfaces.dicom.query_retrieve import PeerGone, StoreSender, guard_reactor, read_stored
 from interfaces.dicom.reactor import EventDrivenAssociation, EventDrivenDul, associate
 from interfaces.dicom.server import DicomService, start_dicom_server
 from tests.dicom_builders import StudySpec, ct_image
@@ -290,3 +291,125 @@ def test_responses_are_written_by_the_thread_that_made_them_in_order(tmp_path: P
     # here shares the GIL) goes through its queue; most do not
     direct = [name for name, in_dul in senders if not in_dul]
     assert len(direct) > len(senders) / 4, senders
+
+
+# --- lending the DUL to the thread that waits for the replies --------------------------------
+
+
+@dataclass
+class StorePeer:
+    """A pynetdicom Storage SCP: the peer's side, nobody's code here."""
+
+    received: list[bytes]
+    abort_after: int = 0  # it aborts the association after this many stores (0: never)
+    server: Any = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+
+@pytest.fixture
+def store_peer() -> Iterator[StorePeer]:
+    peer = StorePeer(received=[])
+
+    def on_store(event: Any) -> int:
+        peer.received.append(bytes(event.request.DataSet.getvalue()))
+        if len(peer.received) == peer.abort_after:
+            event.assoc.abort()
+        return 0x0000
+
+    ae = AE(ae_title="PEER")
+    ae.maximum_pdu_size = 4096  # a 65 KB image goes out as 16+ P-DATA PDUs: more than MAX_QUEUED
+    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    peer.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield peer
+    finally:
+        peer.server.shutdown()
+
+
+def _stored_rows(folder: Path, count: int, side: int) -> list[dict[str, Any]]:
+    study = StudySpec(accession="A1")
+    series = generate_uid()
+    rows = []
+    for number in range(1, count + 1):
+        ds = ct_image(study, series, number, side=side)
+        path = folder / f"{number}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        rows.append(
+            {
+                "path": str(path),
+                "sop_class_uid": CTImageStorage,
+                "sop_instance_uid": ds.SOPInstanceUID,
+                "transfer_syntax": ExplicitVRLittleEndian,
+            }
+        )
+    return rows
+
+
+def _open_to(peer: StorePeer, readers: list[str]) -> Any:
+    def on_received(event: Any) -> None:
+        readers.append(f"{type(event.pdu).__name__}@{threading.current_thread().name}")
+
+    return associate(
+        AE(ae_title="RADFLOW"),
+        "127.0.0.1",
+        peer.port,
+        ae_title="PEER",
+        contexts=[build_context(CTImageStorage, ExplicitVRLittleEndian)],
+        evt_handlers=[(evt.EVT_PDU_RECV, on_received)],
+    )
+
+
+def test_sub_operation_replies_are_read_by_the_thread_waiting_for_them(
+    store_peer: StorePeer, tmp_path: Path
+) -> None:
+    """While lent, the C-STORE responses are read on the sending thread (no DUL thread hop),
+    a large image goes out in many PDUs without the DUL thread, and afterwards the DUL thread
+    reads again: the release reply is its."""
+    rows = _stored_rows(tmp_path, 6, side=180)  # ~65 KB each
+    readers: list[str] = []
+    assoc = _open_to(store_peer, readers)
+    assert assoc.is_established
+    guard_reactor(assoc)
+    sender = StoreSender(assoc)
+    me = threading.current_thread().name
+    with sender.replies_read_here():
+        outcomes = [sender.send(row) for row in rows]
+    assert [o.status for o in outcomes] == [0] * 6
+    during = list(readers)
+    assoc.release()
+    assert assoc.is_released
+    assert during[0].startswith("A_ASSOCIATE_AC@")  # read by the DUL thread, before the lending
+    assert during[1:] == [f"P_DATA_TF@{me}"] * 6, during
+    assert readers[-1].startswith("A_RELEASE_RP@") and not readers[-1].endswith(f"@{me}"), readers
+    assert store_peer.received == [bytes(read_stored(Path(r["path"]))[1]) for r in rows]
+    assert not assoc.dul.is_alive()
+
+
+def test_a_peer_abort_while_lent_ends_the_sends_and_the_dul_thread(
+    store_peer: StorePeer, tmp_path: Path
+) -> None:
+    store_peer.abort_after = 2
+    rows = _stored_rows(tmp_path, 5, side=16)
+    assoc = _open_to(store_peer, [])
+    guard_reactor(assoc)
+    sender = StoreSender(assoc)
+    started = time.monotonic()
+    outcomes: list[Any] = []
+    with pytest.raises(PeerGone), sender.replies_read_here():
+        for row in rows:
+            outcomes.append(sender.send(row))
+    assert time.monotonic() - started < 5
+    assert [o.status for o in outcomes] == [0]  # the second store's reply never came: the abort did
+    wait_for(lambda: not assoc.dul.is_alive())
+    assert assoc.is_aborted
+
+
+def test_nothing_is_lent_by_a_dul_that_has_ended(store_peer: StorePeer) -> None:
+    assoc = _open_to(store_peer, [])
+    assoc.release()
+    wait_for(lambda: not assoc.dul.is_alive())
+    with assoc.dul.lent() as lent:
+        assert lent is False

@@ -721,6 +721,32 @@ def test_a_get_sends_the_study_back_on_the_same_association_byte_exact(pacs: Pac
     assert all(received[sop] == dataset_bytes(path) for sop, path in study.files.items())
 
 
+def test_a_cancelled_get_stops_and_reports_what_remains(pacs: Pacs, uid: str) -> None:
+    """The C-CANCEL arrives on the association whose C-STORE replies the handler reads itself
+    (the DUL is lent to it): it is read between two sub-operations, not after the last."""
+    big = pacs.add(StudySpec(f"G{uid}", f"G{uid}"), [SeriesSpec(60)])
+    model = StudyRootQueryRetrieveInformationModelGet
+    assoc = associate(
+        pacs,
+        model,
+        (CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
+    )
+    statuses = []
+    try:
+        for status, _ in assoc.send_c_get(identifier("STUDY", StudyInstanceUID=big.uid), model, msg_id=7):
+            statuses.append(status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(7, query_model=model)
+    finally:
+        assoc.release()
+    final = statuses[-1]
+    assert final.Status == 0xFE00
+    assert final.NumberOfRemainingSuboperations > 0
+    assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 60
+
+
 def test_a_get_without_the_storage_role_fails_every_sub_operation_with_a_reason(pacs: Pacs) -> None:
     assoc = associate(pacs, StudyRootQueryRetrieveInformationModelGet)
     try:

@@ -137,7 +137,7 @@ def test_a_forked_child_waits_for_its_parents_turn_and_the_parent_for_its_childs
             os._exit(code)
     assert os.read(ready, 2) == b"in"
     asked = time.monotonic()
-    with sql.sqlite_writer_lock(db.path):
+    with sql.sqlite_writer_lock(tmp_path / "turns.sqlite"):
         waited = time.monotonic() - asked
     assert os.waitpid(child, 0)[1] == 0
     assert waited > 0.3, f"the parent took its turn while the child held it (after {waited:.3f} s)"
