@@ -147,7 +147,8 @@ def ack_code(ack: bytes, control_id: str) -> str:
 
 def send_sequential(port: int, orders: Sequence[tuple[str, str, bytes]]) -> tuple[list[float], Counter[str]]:
     conn = Mllp(port)
-    latencies, codes = [], Counter()
+    latencies: list[float] = []
+    codes: Counter[str] = Counter()
     clock = time.perf_counter
     try:
         for cid, _, payload in orders:
@@ -251,7 +252,7 @@ def phase2_run(
     sender_done = threading.Event()
     sender_error: list[BaseException] = []
     polls = [0]
-    poll_errors = Counter()
+    poll_errors: Counter[str] = Counter()
 
     def sender() -> None:
         nonlocal late
@@ -324,7 +325,7 @@ def phase2_run(
     send_window = max(sent_at.values()) - min(sent_at.values()) if sent_at else 0.0
 
     # every accession once through GET /api/exams/{accession}
-    direct = Counter()
+    direct: Counter[int] = Counter()
     with httpx.Client(base_url=api_url, timeout=10, headers=headers) as http:
         for acc in sent_at:
             direct[http.get(f"/api/exams/{acc}").status_code] += 1

@@ -84,7 +84,9 @@ class WorklistProjection:
 
     @staticmethod
     def _order_modified(cur: Cursor, changes: dict[str, str], recorded_at: str, exam: str) -> None:
-        updates = [(column, changes[column]) for column in MODIFIABLE_COLUMNS if column in changes]
+        updates: list[tuple[str, str | None]] = [
+            (column, changes[column]) for column in MODIFIABLE_COLUMNS if column in changes
+        ]
         if "scheduled_at" in changes:
             scheduled_date, scheduled_time = dicom_date_time(changes["scheduled_at"])
             updates += [
