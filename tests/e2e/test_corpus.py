@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ pytestmark = pytest.mark.corpus
 
 WANTED_TYPES = {"ADT", "ORM", "OMI"}
 NAME_SAYS = re.compile(r"(?i)(?:^|[^a-z])(adt|orm|omi)(?:[^a-z]|$)")
-HANDLED = {("ADT", t) for t in ("A01", "A03", "A04", "A08", "A11", "A31", "A40", "A47")} | {("ORM", "O01"), ("OMI", "O23")}
+HANDLED = {("ADT", t) for t in ("A01", "A03", "A04", "A08", "A11", "A31", "A40", "A47")} | {
+    ("ORM", "O01"),
+    ("OMI", "O23"),
+}
 ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")  # batch/file wrapper segments, not part of a message
 LINE = re.compile(rb"(\r\n|\n\r|\n|\r)")
 
@@ -201,7 +205,7 @@ def _table(outcomes: list[Outcome]) -> str:
 
 
 def test_every_adt_orm_and_omi_message_of_the_corpus_gets_a_consistent_ack_and_the_listener_keeps_serving(
-    stack: Stack, corpus_dir: Path, record_property: pytest.RecordProperty
+    stack: Stack, corpus_dir: Path, record_property: Callable[[str, object], None]
 ) -> None:
     files = corpus_files(corpus_dir)
     assert len(files) >= 40, f"corpus selection looks wrong: {len(files)} files"
@@ -224,7 +228,9 @@ def test_every_adt_orm_and_omi_message_of_the_corpus_gets_a_consistent_ack_and_t
                     assert row["ack_code"] in ENHANCED, (label, row["ack_code"])
                     if row["ack_code"] in ("CA", "AA"):
                         assert not reading.missing, f"{label}: accepted although it lacks {reading.missing}"
-                    outcomes.append(Outcome(label, reading, ENHANCED[row["ack_code"]], row["error"] or _accepted(row)))
+                    outcomes.append(
+                        Outcome(label, reading, ENHANCED[row["ack_code"]], row["error"] or _accepted(row))
+                    )
                     continue
                 ack = parse_ack(conn.request(message), encoding="latin-1")
                 code = ENHANCED.get(ack.code, ack.code)
@@ -240,7 +246,8 @@ def test_every_adt_orm_and_omi_message_of_the_corpus_gets_a_consistent_ack_and_t
                     if not reading.missing:  # complete messages are refused only by order rules
                         assert code == "AE", (label, ack.text)
                         assert any(
-                            why in ack.text for why in ("duplicate order", "unknown order", "unknown accession")
+                            why in ack.text
+                            for why in ("duplicate order", "unknown order", "unknown accession")
                         ), (label, ack.text)
                 logged = [r for r in log_rows(stack, "raw = ?", (message,)) if bytes(r["ack"]) == ack.raw]
                 assert logged, f"{label}: no message-log row with this ACK"

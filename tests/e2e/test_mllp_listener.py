@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import hl7
 import pytest
@@ -72,7 +73,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory, temporal_address: str) -> It
         s.stop_all()
 
 
-def _only_row(stack: Stack, control_id: str) -> dict[str, object]:
+def _only_row(stack: Stack, control_id: str) -> dict[str, Any]:
     rows = log_rows(stack, "control_id = ?", (control_id,))
     assert len(rows) == 1, rows
     return rows[0]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -83,7 +84,10 @@ def vectors(
 
 @pytest.fixture(scope="module")
 def vector_answers(
-    vectors: Stack, vector_entries: dict[int, dict[str, str]], corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    vectors: Stack,
+    vector_entries: dict[int, dict[str, str]],
+    corpus_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Find]:
     """Every vector's query run once by findscu, eight at a time (each run is a new association).
     A vector against one entry alone is its query narrowed to that entry's accession number; the
@@ -93,7 +97,9 @@ def vector_answers(
     for q in QUERIES:
         files[q] = folder / f"wlistqry{q}.dcm"
         source = corpus_dir / VECTORS / "Queries" / f"wlistqry{q}.dump"
-        subprocess.run(["dump2dcm", "--write-xfer-little", str(source), str(files[q])], check=True, capture_output=True)
+        subprocess.run(
+            ["dump2dcm", "--write-xfer-little", str(source), str(files[q])], check=True, capture_output=True
+        )
 
     def run(name: str) -> Find:
         parts = name.split("-")
@@ -121,7 +127,11 @@ def compare(expected: list[list[str]], actual: list[list[str]]) -> tuple[set[str
     def keyed(answers: list[list[str]], without: set[str]) -> list[tuple[str, ...]]:
         return sorted(tuple(line for line in a if tag_of(line) not in without | IGNORED) for a in answers)
 
-    differing = {tag_of(line) for e, a in zip(keyed(expected, set()), keyed(actual, set()), strict=False) for line in set(e) ^ set(a)}
+    differing = {
+        tag_of(line)
+        for e, a in zip(keyed(expected, set()), keyed(actual, set()), strict=False)
+        for line in set(e) ^ set(a)
+    }
     return differing, keyed(expected, differing) == keyed(actual, differing)
 
 
@@ -202,12 +212,14 @@ def test_dcmtk_sample_query_files_sent_with_findscu_get_the_requested_keys_of_th
         assert {int(e.tag) for e in answer} - {0x00080005} == requested
     step_keys = {int(e.tag) for e in request[0x00400100].value[0]} if 0x00400100 in request else set()
     if step_keys:  # a step item with keys returns those keys only
-        assert all({int(e.tag) for e in a.ScheduledProcedureStepSequence[0]} == step_keys - NO_CODE for a in answers)
+        assert all(
+            {int(e.tag) for e in a.ScheduledProcedureStepSequence[0]} == step_keys - NO_CODE for a in answers
+        )
 
     def carried(answer: Dataset) -> tuple[str, ...]:
         values = []
         for (outer, inner), _ in CARRIED.items():
-            element = answer.get(outer)
+            element: DataElement | None = answer.get(outer)  # None when absent
             if inner is not None and element is not None:
                 element = element.value[0].get(inner) if element.value else None
             values.append("" if element is None or element.value is None else str(element.value))
@@ -227,13 +239,37 @@ def test_dcmtk_sample_query_files_sent_with_findscu_get_the_requested_keys_of_th
 
 # --- radflow's own cases ----------------------------------------------------------------------
 
-LATIN = Order("MWL-L1", patient_id="P-L1", name="MÜLLER^JÜRGEN", modality="MR", scheduled="20261201083000",
-              priority="S", code="MRBRAIN", text="MR brain", requested_procedure_id="RP-L1")
-GREEK = Order("MWL-U1", patient_id="P-U1", name="ΠΑΠΑΔΟΠΟΥΛΟΣ^ΓΙΑΝΝΗΣ", modality="CT", scheduled="20261202140000",
-              priority="A", study_uid="1.2.826.0.1.3680043.10.543.1", charset="UNICODE UTF-8",
-              requested_procedure_id="RP-U1")
+LATIN = Order(
+    "MWL-L1",
+    patient_id="P-L1",
+    name="MÜLLER^JÜRGEN",
+    modality="MR",
+    scheduled="20261201083000",
+    priority="S",
+    code="MRBRAIN",
+    text="MR brain",
+    requested_procedure_id="RP-L1",
+)
+GREEK = Order(
+    "MWL-U1",
+    patient_id="P-U1",
+    name="ΠΑΠΑΔΟΠΟΥΛΟΣ^ΓΙΑΝΝΗΣ",
+    modality="CT",
+    scheduled="20261202140000",
+    priority="A",
+    study_uid="1.2.826.0.1.3680043.10.543.1",
+    charset="UNICODE UTF-8",
+    requested_procedure_id="RP-U1",
+)
 DATED = [
-    Order(f"MWL-D{n}", patient_id="P-D", name="ROE^RICHARD", modality="US", scheduled=when, requested_procedure_id=f"RP-D{n}")
+    Order(
+        f"MWL-D{n}",
+        patient_id="P-D",
+        name="ROE^RICHARD",
+        modality="US",
+        scheduled=when,
+        requested_procedure_id=f"RP-D{n}",
+    )
     for n, when in ((1, "20261203090000"), (2, "20261204090000"), (3, "20261205150000"))
 ]
 ROUTINE = Order("MWL-R1", patient_id="P-R", name="ROE^ROSA", modality="DX", scheduled="20261130120000")
@@ -251,9 +287,13 @@ def worklist(tmp_path_factory: pytest.TempPathFactory, temporal_address: str) ->
     try:
         place_orders(stack, [LATIN, GREEK, *DATED, ROUTINE, CANCELLED, *MANY], "OWN")
         with MllpConnection(stack.mllp_port) as conn:
-            ack = parse_ack(conn.request(cancel(CANCELLED.accession, "OWN-CANCEL", patient_id="P-C").encode()))
+            ack = parse_ack(
+                conn.request(cancel(CANCELLED.accession, "OWN-CANCEL", patient_id="P-C").encode())
+            )
             assert ack.code == "AA", ack.raw
-        stack.wait_until(lambda: (e := exam(stack, CANCELLED.accession)) is not None and e["state"] == "cancelled")
+        stack.wait_until(
+            lambda: (e := exam(stack, CANCELLED.accession)) is not None and e["state"] == "cancelled"
+        )
         yield stack
     finally:
         stack.stop_all()
@@ -277,6 +317,7 @@ def c_find(assoc: Association, identifier: Dataset) -> tuple[list[Dataset], Data
     answers: list[Dataset] = []
     for status, answer in assoc.send_c_find(identifier, ModalityWorklistInformationFind):
         if status.Status in (0xFF00, 0xFF01):
+            assert answer is not None  # a pending status carries an identifier
             answers.append(answer)
             continue
         return answers, status
@@ -305,7 +346,9 @@ def test_an_order_without_a_study_uid_gets_one_derived_from_its_accession_that_s
     worklist: Stack, tmp_path: Path
 ) -> None:
     def uid_of(accession: str) -> str:
-        found = findscu(worklist.dicom_port, "-k", f"0008,0050={accession}", "-k", "0020,000d", "-X", "-od", tmp_path)
+        found = findscu(
+            worklist.dicom_port, "-k", f"0008,0050={accession}", "-k", "0020,000d", "-X", "-od", tmp_path
+        )
         [answer] = [dcmread(p) for p in tmp_path.glob("rsp*.dcm")]
         for p in tmp_path.glob("rsp*.dcm"):
             p.unlink()
@@ -320,7 +363,11 @@ def test_an_order_without_a_study_uid_gets_one_derived_from_its_accession_that_s
     assert history[0]["data"]["order"]["study_instance_uid"] == assigned  # recorded, not computed on read
 
     rebuilt = subprocess.run(
-        [sys.executable, "-m", "api.cli", "projections", "rebuild", "worklist"], env=worklist.env, cwd=ROOT, capture_output=True, timeout=60
+        [sys.executable, "-m", "api.cli", "projections", "rebuild", "worklist"],
+        env=worklist.env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
     )
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert uid_of(LATIN.accession) == assigned
@@ -334,28 +381,55 @@ def test_a_cancelled_order_is_no_longer_on_the_worklist(worklist: Stack, scu: As
     assert [a.PatientName for a in answers] == ["ROE^ROSA"]
 
 
-def test_only_the_requested_keys_come_back_with_the_values_of_the_order(worklist: Stack, scu: Association) -> None:
-    query = identifier(step(Modality="", ScheduledProcedureStepID=""), AccessionNumber=LATIN.accession,
-                       PatientID="", RequestedProcedurePriority="", RequestedProcedureID="")
+def test_only_the_requested_keys_come_back_with_the_values_of_the_order(
+    worklist: Stack, scu: Association
+) -> None:
+    query = identifier(
+        step(Modality="", ScheduledProcedureStepID=""),
+        AccessionNumber=LATIN.accession,
+        PatientID="",
+        RequestedProcedurePriority="",
+        RequestedProcedureID="",
+    )
     [answer], status = c_find(scu, query)
     assert status.Status == 0x0000
     assert {e.keyword for e in answer} == {
-        "AccessionNumber", "PatientID", "ScheduledProcedureStepSequence", "RequestedProcedureID",
+        "AccessionNumber",
+        "PatientID",
+        "ScheduledProcedureStepSequence",
+        "RequestedProcedureID",
         "RequestedProcedurePriority",
     }  # no character set either: nothing answered needs one
-    assert {e.keyword for e in answer.ScheduledProcedureStepSequence[0]} == {"Modality", "ScheduledProcedureStepID"}
-    assert (answer.PatientID, answer.RequestedProcedureID, answer.RequestedProcedurePriority) == ("P-L1", "RP-L1", "STAT")
+    assert {e.keyword for e in answer.ScheduledProcedureStepSequence[0]} == {
+        "Modality",
+        "ScheduledProcedureStepID",
+    }
+    assert (answer.PatientID, answer.RequestedProcedureID, answer.RequestedProcedurePriority) == (
+        "P-L1",
+        "RP-L1",
+        "STAT",
+    )
     assert answer.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID == "RP-L1"
 
 
 def test_priorities_map_to_stat_high_routine_and_an_order_without_ids_borrows_its_accession(
     worklist: Stack, scu: Association
 ) -> None:
-    query = identifier(step(ScheduledProcedureStepID=""), AccessionNumber="MWL-?1",
-                       RequestedProcedurePriority="", RequestedProcedureID="")
+    query = identifier(
+        step(ScheduledProcedureStepID=""),
+        AccessionNumber="MWL-?1",
+        RequestedProcedurePriority="",
+        RequestedProcedureID="",
+    )
     answers, _ = c_find(scu, query)
-    found = {a.AccessionNumber: (a.RequestedProcedurePriority, a.RequestedProcedureID,
-                                 a.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID) for a in answers}
+    found = {
+        a.AccessionNumber: (
+            a.RequestedProcedurePriority,
+            a.RequestedProcedureID,
+            a.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID,
+        )
+        for a in answers
+    }
     assert found == {
         "MWL-L1": ("STAT", "RP-L1", "RP-L1"),
         "MWL-U1": ("HIGH", "RP-U1", "RP-U1"),
@@ -387,9 +461,9 @@ def test_date_and_time_ranges_and_modality_inside_the_step_select_the_steps_they
     assert steps(ScheduledProcedureStepStartDate="20261203-20261204") == ["MWL-D1", "MWL-D2"]
     assert steps(ScheduledProcedureStepStartDate="20261204-") == ["MWL-D2", "MWL-D3"]
     assert steps(ScheduledProcedureStepStartDate="-20261201", Modality="MR") == ["MWL-L1"]
-    assert steps(ScheduledProcedureStepStartDate="20261201-20261205", ScheduledProcedureStepStartTime="1400-1600") == [
-        "MWL-D3", "MWL-U1"
-    ]
+    assert steps(
+        ScheduledProcedureStepStartDate="20261201-20261205", ScheduledProcedureStepStartTime="1400-1600"
+    ) == ["MWL-D3", "MWL-U1"]
     assert steps(Modality="US") == ["MWL-D1", "MWL-D2", "MWL-D3"]
     assert steps(Modality="U?") == ["MWL-D1", "MWL-D2", "MWL-D3"]
     assert steps(Modality="US", ScheduledProcedureStepStartDate="20261205") == ["MWL-D3"]
@@ -398,7 +472,9 @@ def test_date_and_time_ranges_and_modality_inside_the_step_select_the_steps_they
 def test_a_station_ae_title_key_finds_no_step_while_radflow_assigns_no_stations(
     worklist: Stack, scu: Association
 ) -> None:
-    answers, _ = c_find(scu, identifier(step(ScheduledStationAETitle="CT01"), AccessionNumber=ROUTINE.accession))
+    answers, _ = c_find(
+        scu, identifier(step(ScheduledStationAETitle="CT01"), AccessionNumber=ROUTINE.accession)
+    )
     assert answers == []
     answers, _ = c_find(scu, identifier(step(ScheduledStationAETitle="*"), AccessionNumber=ROUTINE.accession))
     assert accessions(answers) == ["MWL-R1"]
@@ -450,7 +526,9 @@ def test_iso_ir_192_names_round_trip_from_a_utf8_order_to_a_utf8_query(
     assert (answer.SpecificCharacterSet, answer.PatientName) == ("ISO_IR 100", LATIN.name)
 
 
-def test_a_c_cancel_from_a_pynetdicom_scu_ends_the_answers_with_the_cancel_status(worklist: Stack, scu: Association) -> None:
+def test_a_c_cancel_from_a_pynetdicom_scu_ends_the_answers_with_the_cancel_status(
+    worklist: Stack, scu: Association
+) -> None:
     """A C-CANCEL races the answers (an SCP that finishes first answers success, PS3.7 9.3.2.3):
     the SCU cancels after the first answer until one lands mid-way; every run must end in one
     of the two legal ways."""
@@ -464,7 +542,9 @@ def test_a_c_cancel_from_a_pynetdicom_scu_ends_the_answers_with_the_cancel_statu
         statuses = [first.Status, *(status.Status for status, _ in responses)]
         pending, final = statuses[:-1], statuses[-1]
         assert set(pending) == {0xFF00}
-        assert (final, len(pending)) == (0x0000, len(MANY)) or (final == 0xFE00 and 1 <= len(pending) < len(MANY))
+        assert (final, len(pending)) == (0x0000, len(MANY)) or (
+            final == 0xFE00 and 1 <= len(pending) < len(MANY)
+        )
         outcomes.append(final)
         if final == 0xFE00:
             break
@@ -476,10 +556,14 @@ def test_a_c_cancel_from_a_pynetdicom_scu_ends_the_answers_with_the_cancel_statu
 def test_findscu_cancelling_after_one_answer_gets_the_cancel_status(worklist: Stack) -> None:
     outcomes = []
     for _ in range(10):
-        found = findscu(worklist.dicom_port, "--cancel", "1", "-k", "0008,0050", "-k", "(0040,0100)[0].(0008,0060)=XA")
+        found = findscu(
+            worklist.dicom_port, "--cancel", "1", "-k", "0008,0050", "-k", "(0040,0100)[0].(0008,0060)=XA"
+        )
         assert found.returncode == 0, found.log[-2000:]
         cancelled = "Cancel" in found.final
-        assert 1 <= len(found.answers) < len(MANY) if cancelled else len(found.answers) == len(MANY), found.log[-2000:]
+        assert 1 <= len(found.answers) < len(MANY) if cancelled else len(found.answers) == len(MANY), (
+            found.log[-2000:]
+        )
         outcomes.append(cancelled)
         if cancelled:
             break
@@ -490,7 +574,9 @@ def test_findscu_cancelling_after_one_answer_gets_the_cancel_status(worklist: St
 def test_an_invalid_date_range_is_refused_with_0xa900_an_error_comment_and_the_offending_key(
     worklist: Stack, scu: Association
 ) -> None:
-    answers, status = c_find(scu, identifier(step(ScheduledProcedureStepStartDate="2026-12-03"), AccessionNumber=""))
+    answers, status = c_find(
+        scu, identifier(step(ScheduledProcedureStepStartDate="2026-12-03"), AccessionNumber="")
+    )
     assert answers == []
     assert status.Status == 0xA900
     assert "2026-12-03" in status.ErrorComment or "range" in status.ErrorComment

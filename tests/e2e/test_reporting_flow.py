@@ -118,7 +118,9 @@ def test_order_to_signed_report_received_and_acked_downstream(radflow: Stack, pe
 
 
 def _rows(body: Any) -> list[dict[str, Any]]:
-    return list(body.get("deliveries", body.get("messages", [])) if isinstance(body, dict) else body)
+    if isinstance(body, dict):
+        body = body.get("deliveries", body.get("messages", []))
+    return list(body)
 
 
 def test_refusals_are_4xx_with_a_reason(radflow: Stack) -> None:

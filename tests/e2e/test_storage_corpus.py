@@ -118,7 +118,7 @@ def read_candidate(path: Path, name: str, index: int) -> Candidate | None:
 
 
 def corpus_candidates(dicom_dir: Path) -> list[Candidate]:
-    found = []
+    found: list[Candidate] = []
     for path in sorted(p for p in dicom_dir.rglob("*") if p.is_file()):
         candidate = read_candidate(path, str(path.relative_to(dicom_dir)), len(found) + 1)
         if candidate is not None:

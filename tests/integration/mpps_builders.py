@@ -3,7 +3,7 @@ sends them: the peer side of radflow's MPPS SCP in the integration and end-to-en
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -52,7 +52,7 @@ def in_progress(accession: str | None, study_uid: str = "", patient_id: str = "P
     return ds
 
 
-def series_item(series_uid: str, instance_uids: list[str]) -> Dataset:
+def series_item(series_uid: str, instance_uids: Sequence[str]) -> Dataset:
     item = Dataset()
     item.SeriesInstanceUID = series_uid
     item.SeriesDescription = "axial 5mm"
@@ -71,7 +71,9 @@ def series_item(series_uid: str, instance_uids: list[str]) -> Dataset:
     return item
 
 
-def ended(status: str, series: list[Dataset] | None = None, reason: tuple[str, str, str] | None = None) -> Dataset:
+def ended(
+    status: str, series: list[Dataset] | None = None, reason: tuple[str, str, str] | None = None
+) -> Dataset:
     """An N-SET modification list that ends the step (COMPLETED or DISCONTINUED)."""
     ds = Dataset()
     ds.PerformedProcedureStepStatus = status

@@ -3,6 +3,8 @@ provenance, ids and versions are deterministic, and the notification log is read
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from eventsourcing.persistence import IntegrityError
 
@@ -32,7 +34,7 @@ def test_a_saved_exam_loads_with_its_events_in_order_and_their_provenance(
     assert loaded.order["procedure_code"] == "CTHEAD"
     assert loaded.has_applied(provenance(f"hl7:{uid}-1")) and loaded.has_applied(provenance(f"hl7:{uid}-2"))
 
-    events = store.events_of(exam_id(accession))
+    events: list[Any] = store.events_of(exam_id(accession))
     assert [type(e).__name__ for e in events] == ["ExamOrdered", "ExamCancelled"]
     assert [e.originator_version for e in events] == [1, 2]
     assert events[0].timestamp <= events[1].timestamp
@@ -61,7 +63,7 @@ def test_a_saved_patient_loads_with_its_updates_applied(store: EventStore, uid: 
     assert loaded.demographics["name"] == "ROE^JANE"
     assert loaded.demographics["birth_date"] == "19800102"
     assert loaded.patient_class == "I"
-    events = store.events_of(loaded.id)
+    events: list[Any] = store.events_of(loaded.id)
     assert [type(e).__name__ for e in events] == ["PatientRegistered", "PatientUpdated"]
     assert events[1].changes == {"name": "ROE^JANE", "patient_class": "I"}
     assert events[1].provenance["source"]["message_id"] == f"hl7:{uid}-2"
@@ -82,7 +84,7 @@ def test_placing_the_same_accession_twice_collides_on_its_deterministic_id(
     with pytest.raises(IntegrityError):
         store.save(twin)
 
-    events = store.events_of(exam_id(accession))
+    events: list[Any] = store.events_of(exam_id(accession))
     assert len(events) == 1
     assert events[0].provenance["source"]["message_id"] == f"hl7:{uid}-1"
 
@@ -99,7 +101,7 @@ def test_two_writers_of_the_same_exam_version_cannot_both_save(store: EventStore
     with pytest.raises(IntegrityError):
         store.save(second)
 
-    events = store.events_of(exam_id(accession))
+    events: list[Any] = store.events_of(exam_id(accession))
     assert [e.originator_version for e in events] == [1, 2]
     assert events[1].reason == "duplicate order"
 
@@ -125,6 +127,6 @@ def test_saved_events_are_readable_in_order_as_notifications(store: EventStore, 
     ]
     assert [n.id for n in notifications] == sorted(n.id for n in notifications)
     assert store.max_notification_id() == notifications[-1].id
-    cancelled = store.mapper.to_domain_event(notifications[1])
+    cancelled: Any = store.mapper.to_domain_event(notifications[1])
     assert cancelled.provenance["source"]["message_id"] == f"hl7:{uid}-2"
     assert store.recorder.select_notifications(start=notifications[-1].id + 1, limit=10) == []

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -79,7 +79,7 @@ async def radflow(temporal_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIte
         store.close()
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 15.0) -> T:
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 15.0) -> T:
     """Poll until `probe` returns something truthy (a workflow query, a log row)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -118,7 +118,7 @@ async def test_signal_with_start_creates_the_exam_and_the_state_query_reports_it
     assert await eventually(lambda: query_state(handle)) == "ordered"
     assert event_names(radflow.store, accession) == ["ExamOrdered"]
     [event] = radflow.store.events_of(exam_id(accession))
-    assert event.provenance["source"]["message_id"] == f"test:{accession}:1"
+    assert cast(Any, event).provenance["source"]["message_id"] == f"test:{accession}:1"
     description = await handle.describe()
     assert description.status == WorkflowExecutionStatus.RUNNING
     assert description.workflow_type == "ExamWorkflow"
@@ -154,7 +154,7 @@ async def test_a_cancel_moves_the_exam_to_cancelled_and_completes_the_workflow(r
     assert await query_state(handle) == "cancelled"
     cancelled = radflow.store.events_of(exam_id(accession))[-1]
     assert type(cancelled).__name__ == "ExamCancelled"
-    assert cancelled.reason == "patient declined"
+    assert cast(Any, cancelled).reason == "patient declined"
 
 
 async def test_a_cancel_of_an_unknown_exam_is_recorded_as_refused_and_the_workflow_carries_on(

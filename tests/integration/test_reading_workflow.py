@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import FailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -132,7 +133,8 @@ FINDINGS = {"findings": "No acute intracranial abnormality.", "impression": "Nor
 async def refused(call: Any, match: str) -> str:
     with pytest.raises(WorkflowUpdateFailedError) as failed:
         await call
-    reason = str(failed.value.cause.message if failed.value.cause else failed.value)
+    cause = failed.value.cause
+    reason = cause.message if isinstance(cause, FailureError) else str(failed.value)
     assert match in reason, reason
     return reason
 
@@ -273,7 +275,7 @@ async def test_critical_result_escalates_on_timers_and_turnaround_is_breached(fa
 
     await eventually(exhausted, timeout=20)
     assert report_events().count("CriticalResultEscalated") == 2
-    escalated = [
+    escalated: list[Any] = [
         e
         for e in fast_reading.store.events_of(report_id(acc))
         if type(e).__name__ == "CriticalResultEscalated"

@@ -68,7 +68,7 @@ def concrete(path: str, spec: dict[str, Any]) -> str:
 
 
 def call(client: TestClient, method: str, url: str, headers: dict[str, str] | None = None) -> Any:
-    body = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
+    body: dict[str, Any] = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
     return client.request(method, url, headers=headers or {}, **body)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.core.result import Ok
 
 from adapters.settings import Settings
 from api.app import create_app
@@ -43,6 +44,7 @@ def test_no_generated_request_makes_the_api_answer_500(app: Any, admin: dict[str
     crashes: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()
         operation = result.ok()
         operations += 1
 

@@ -4,7 +4,7 @@ store: rows follow the events exactly once, rebuild reproduces them, concurrent 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -163,8 +163,10 @@ class Ledger:
     event applied twice shows up as two rows."""
 
     name = "ledger"
-    schema = ["CREATE TABLE IF NOT EXISTS ledger (originator_id TEXT NOT NULL, version BIGINT NOT NULL)"]
-    tables = ("ledger",)
+    schema: Sequence[str] = [
+        "CREATE TABLE IF NOT EXISTS ledger (originator_id TEXT NOT NULL, version BIGINT NOT NULL)"
+    ]
+    tables: Sequence[str] = ("ledger",)
 
     def handle(self, cur: Cursor, event: Any) -> None:
         cur.execute(

@@ -172,7 +172,8 @@ def test_what_it_cannot_write_the_same_way_is_left_to_pynetdicom() -> None:
     primitive = C_STORE()
     primitive.MessageIDBeingRespondedTo = 1
     primitive.Status = 0xC000
-    primitive.ErrorComment = "multi\\valued"
+    # pynetdicom's __init__ sets ErrorComment = None, so mypy infers None; it takes a str
+    primitive.ErrorComment = "multi\\valued"  # type: ignore[assignment]
     try:
         encode_message(primitive)
     except Unencodable:

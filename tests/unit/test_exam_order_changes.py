@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 from eventsourcing.application import Application
 
@@ -24,7 +26,7 @@ def test_an_order_change_records_only_what_differs_and_nothing_when_nothing_does
     assert exam.modify({"modality": "MR", "priority": "STAT", "accession": "X", "patient": "Y"}, provenance())
     [event] = exam.collect_events()
     assert type(event).__name__ == "OrderModified"
-    assert event.changes == {"modality": "MR"}
+    assert cast(Any, event).changes == {"modality": "MR"}
     assert exam.order["modality"] == "MR"
     assert exam.modify({"modality": "MR", "procedure_text": ""}, provenance()) is False
     assert exam.collect_events() == []
@@ -47,6 +49,7 @@ def test_an_appointment_books_moves_and_cancels_back_to_ordered() -> None:
     assert exam.state is ExamState.ORDERED
     assert exam.order["scheduled_at"] == ""
     booked, moved, cancelled = exam.collect_events()
+    assert isinstance(booked, Exam.ExamScheduled) and isinstance(moved, Exam.ExamScheduled)
     assert (booked.location, booked.duration_min, moved.scheduled_at) == (
         "CT room 1",
         20,

@@ -37,6 +37,6 @@ def test_the_assigned_uid_is_recorded_in_the_ordered_event_and_read_back_from_th
     app = in_memory_application()
     exam = Exam.place(place_order("ACC0002"))
     app.save(exam)
-    stored = app.repository.get(exam.id)
+    stored: Exam = app.repository.get(exam.id)
     assert stored.order["study_instance_uid"] == exam.order["study_instance_uid"]
     assert stored.order["study_instance_uid"].startswith("2.25.")
