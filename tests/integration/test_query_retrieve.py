@@ -662,26 +662,29 @@ def test_a_forty_instance_move_to_a_fast_peer_loses_no_c_store_response(pacs: Pa
     assert best < 5  # a lost response would cost the 30 s DIMSE timeout
 
 
-def test_a_cancelled_move_reports_what_remains(pacs: Pacs, uid: str) -> None:
-    big = pacs.add(StudySpec(f"X{uid}", f"X{uid}"), [SeriesSpec(60)])
-    assoc = associate(pacs, StudyRootQueryRetrieveInformationModelMove)
+def cancelled_after_the_first_response(assoc: Any, responses: Iterator[Any], msg_id: int, model: Any) -> Any:
+    """Sends a C-CANCEL once the first (pending) response is in; the final response, which
+    must say Cancel and count what remains."""
     statuses = []
     try:
-        responses = assoc.send_c_move(
-            identifier("STUDY", StudyInstanceUID=big.uid),
-            DESTINATION,
-            StudyRootQueryRetrieveInformationModelMove,
-            msg_id=9,
-        )
         for status, _ in responses:
             statuses.append(status)
             if len(statuses) == 1:
-                assoc.send_c_cancel(9, query_model=StudyRootQueryRetrieveInformationModelMove)
+                assoc.send_c_cancel(msg_id, query_model=model)
     finally:
         assoc.release()
     final = statuses[-1]
     assert final.Status == 0xFE00
     assert final.NumberOfRemainingSuboperations > 0
+    return final
+
+
+def test_a_cancelled_move_reports_what_remains(pacs: Pacs, uid: str) -> None:
+    big = pacs.add(StudySpec(f"X{uid}", f"X{uid}"), [SeriesSpec(60)])
+    model = StudyRootQueryRetrieveInformationModelMove
+    assoc = associate(pacs, model)
+    responses = assoc.send_c_move(identifier("STUDY", StudyInstanceUID=big.uid), DESTINATION, model, msg_id=9)
+    final = cancelled_after_the_first_response(assoc, responses, 9, model)
     assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 60
 
 
@@ -733,17 +736,8 @@ def test_a_cancelled_get_stops_and_reports_what_remains(pacs: Pacs, uid: str) ->
         ext_neg=[build_role(CTImageStorage, scp_role=True)],
         evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
     )
-    statuses = []
-    try:
-        for status, _ in assoc.send_c_get(identifier("STUDY", StudyInstanceUID=big.uid), model, msg_id=7):
-            statuses.append(status)
-            if len(statuses) == 1:
-                assoc.send_c_cancel(7, query_model=model)
-    finally:
-        assoc.release()
-    final = statuses[-1]
-    assert final.Status == 0xFE00
-    assert final.NumberOfRemainingSuboperations > 0
+    responses = assoc.send_c_get(identifier("STUDY", StudyInstanceUID=big.uid), model, msg_id=7)
+    final = cancelled_after_the_first_response(assoc, responses, 7, model)
     assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 60
 
 
