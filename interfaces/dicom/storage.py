@@ -93,6 +93,11 @@ def _uid(header: dict[str, str], keyword: str) -> str:
     return value
 
 
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+DURABLE_FOLDERS_KEPT = 4096
+_durable_folders: set[Path] = set()  # series folders whose entries are known to be on disk
+
+
 def durable_write(path: Path, data: bytes) -> None:
     """Write, fsync, rename into place, fsync the directory, so that a crash after this returns
     still finds the file under its name. The folders are made when the open finds them
@@ -125,11 +130,6 @@ def durable_write(path: Path, data: bytes) -> None:
         _durable_folders.add(folder)
 
 
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-DURABLE_FOLDERS_KEPT = 4096
-_durable_folders: set[Path] = set()  # series folders whose entries are known to be on disk
-
-
 def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -138,9 +138,18 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def durable_root(root: Path) -> None:
+    """The storage folder, made at start with its entry on disk: durable_write makes the
+    study and series folders below it durable, not the folder itself."""
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        _fsync_directory(root.parent)
+
+
 class StorageScp:
     def __init__(self, settings: Settings, storage_log: StorageLog) -> None:
         self.root = settings.dicom_storage_dir
+        durable_root(self.root)
         self.policy = settings.dicom_duplicates
         self.log = storage_log
 

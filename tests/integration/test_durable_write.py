@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from interfaces.dicom import storage
-from interfaces.dicom.storage import durable_write
+from interfaces.dicom.storage import durable_root, durable_write
 
 
 @pytest.fixture
@@ -73,3 +73,14 @@ def test_the_remembered_folders_are_bounded(
     for n in range(7):
         durable_write(tmp_path / "study" / f"series{n}" / "x.dcm", b"x")
     assert len(storage._durable_folders) <= 3
+
+
+def test_the_storage_folder_is_made_at_start_with_its_entry_flushed(
+    tmp_path: Path, flushed: list[Path]
+) -> None:
+    root = tmp_path / "data" / "dicom"
+    durable_root(root)
+    assert root.is_dir() and flushed == [root.parent]
+    flushed.clear()
+    durable_root(root)  # already there: nothing to flush
+    assert flushed == []
