@@ -1032,6 +1032,8 @@ def count_flushes(server: Server, data: DataSet, logs: Path, res: Results) -> No
         tracer.send_signal(signal.SIGINT)
         tracer.wait(30)
     counts = Counter(flush_kind(m.group(2)) for m in FLUSH_CALL.finditer(trace.read_text(errors="replace")))
+    if not counts:  # no server stores durably without one: strace could not attach, say so
+        raise Failed(f"strace saw no fsync/fdatasync (see {trace})")
     for kind in FLUSH_KINDS:
         res.add(f"{server.name}.flushes.{kind}", counts[kind] / len(data.files))
 
