@@ -1591,7 +1591,11 @@ def build_report(result: dict[str, Any]) -> str:
         "",
         *out,
     ]
-    workloads = sorted({k.split(".cpu_ms_inst")[0].split(".", 1)[1] for k in raw if ".cpu_ms_inst" in k})
+    # the flush counts ran under strace: their CPU and busy cores say nothing of the servers
+    traced = ".flushes."
+    workloads = sorted(
+        {k.split(".cpu_ms_inst")[0].split(".", 1)[1] for k in raw if ".cpu_ms_inst" in k and traced not in k}
+    )
     if workloads:
         lines += ["", "CPU ms per instance, median over runs (radflow: during the ingest / until indexed):"]
         for w in workloads:
@@ -1616,7 +1620,7 @@ def build_report(result: dict[str, Any]) -> str:
                         )
                     )
             lines.append(f"- {w}: " + "; ".join(parts))
-    busy = sorted(k for k in raw if k.endswith("machine_busy_cores"))
+    busy = sorted(k for k in raw if k.endswith("machine_busy_cores") and traced not in k)
     if busy:
         lines += ["", "Machine-wide busy cores during each ingest (ours + everyone else's), median:"]
         lines += [f"- {k}: {fmt(med(raw[k]), 2)}" for k in busy]
