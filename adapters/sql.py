@@ -15,13 +15,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import psycopg
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from typing import TYPE_CHECKING, Any
 
 from adapters.settings import Settings
+
+if TYPE_CHECKING:  # imported when PostgreSQL is configured: the SQLite processes never load it
+    from psycopg_pool import ConnectionPool
 
 _TYPES = {
     "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB"},
@@ -124,6 +123,8 @@ class Database:
         """PostgreSQL when configured, else the given SQLite file."""
         if settings.uses_postgres:
             params = settings.postgres_params()
+            import psycopg
+
             conninfo = psycopg.conninfo.make_conninfo(**params)
             return cls("postgres", conninfo=conninfo)
         sqlite_path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +150,9 @@ class Database:
     def _postgres_pool(self) -> ConnectionPool:
         with self._pool_lock:
             if self._pool is None:
+                from psycopg.rows import dict_row
+                from psycopg_pool import ConnectionPool
+
                 self._pool = ConnectionPool(
                     self.conninfo,
                     kwargs={"row_factory": dict_row, "autocommit": True},
