@@ -17,7 +17,10 @@ A C-STORE request is served by the DUL thread that read it, when the association
 idle (EventDrivenAssociation.serve_on_receipt): the request and its response no longer pass
 from one thread to the other and back. The other way round, a response (or a C-MOVE's C-STORE
 request) made by another thread is written to the socket by that thread when the DUL thread
-waits with nothing queued (EventDrivenDul._sent_now), instead of being queued for it.
+waits with nothing queued (EventDrivenDul._sent_now), instead of being queued for it. A thread
+that sends requests one at a time and waits for each reply (C-MOVE and C-GET sub-operations)
+borrows the DUL (EventDrivenDul.lent): the DUL thread parks, and the waiting thread runs the
+DUL's passes itself, reading its replies.
 
 What is copied from pynetdicom is `Association._run_reactor` and the DUL's loop, with their
 sleeps replaced by the waits, and the request path of `AE.associate` (for the associations
